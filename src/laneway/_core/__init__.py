@@ -1,0 +1,1 @@
+"""The runtime's core: lanes (pure bookkeeping), timers, dispatcher, context, watchdog."""

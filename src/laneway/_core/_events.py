@@ -1,0 +1,93 @@
+"""Live fan-out of committed events to per-session subscribers.
+
+A subscriber that falls behind is not allowed to grow without bound: past
+``maxsize`` buffered events it is marked ``overflowed`` and its buffer is
+dropped; the reader then re-reads the gap from the store, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from .._types import Event
+
+__all__ = ["EventBus", "Subscription"]
+
+
+class Subscription:
+    __slots__ = ("_bus", "_waiter", "buffer", "closed", "maxsize", "overflowed", "session")
+
+    def __init__(self, bus: EventBus, session: str, maxsize: int) -> None:
+        self._bus = bus
+        self.session = session
+        self.maxsize = maxsize
+        self.buffer: deque[Event] = deque()
+        self.overflowed = False
+        self.closed = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def push(self, event: Event) -> None:
+        if self.overflowed:
+            return
+        if len(self.buffer) >= self.maxsize:
+            self.overflowed = True
+            self.buffer.clear()
+        else:
+            self.buffer.append(event)
+        self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    async def wait(self) -> None:
+        """Until there is something to read, an overflow, or the bus closed."""
+        if self.buffer or self.overflowed or self.closed:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def unsubscribe(self) -> None:
+        self._bus.discard(self)
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+
+class EventBus:
+    def __init__(self, maxsize: int = 10_000) -> None:
+        self.maxsize = maxsize
+        self._subs: dict[str, set[Subscription]] = {}
+
+    def subscribe(self, session: str) -> Subscription:
+        sub = Subscription(self, session, self.maxsize)
+        self._subs.setdefault(session, set()).add(sub)
+        return sub
+
+    def discard(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.session)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.session]
+
+    def publish(self, event: Event) -> None:
+        subs = self._subs.get(event.session)
+        if subs:
+            for sub in tuple(subs):
+                sub.push(event)
+
+    def subscribers(self) -> int:
+        return sum(len(s) for s in self._subs.values())
+
+    def close(self) -> None:
+        for subs in list(self._subs.values()):
+            for sub in list(subs):
+                sub.close()
+        self._subs.clear()

@@ -1,0 +1,237 @@
+"""Lane bookkeeping: per-session FIFO lanes plus shared caps, as plain data.
+
+No I/O and no event loop: the dispatcher asks ``next_ready()`` for the next
+ticket that may start and tells ``release()`` when it ended. A ticket takes its
+session slot and every shared slot it needs in one step, or none of them, so
+no ticket ever holds a slot while waiting for another (seed 000's nested-lane
+deadlock cannot be expressed).
+
+Fairness: only the head of a session's queue is eligible (strict FIFO per
+session); among eligible heads, the smallest ``order`` wins (oldest first,
+higher priority first). Eligible heads sit in one heap per lane signature (the
+tuple of shared lanes they need), so picking the next ticket costs O(signatures
+* log n) even with 100k sessions blocked behind one full shared lane.
+
+A session lane exists only while it has queued or active tickets; drained
+lanes are forgotten.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Iterator, Mapping
+from typing import Generic, Protocol, TypeVar
+
+__all__ = ["LaneTable", "Ticket"]
+
+
+class Ticket(Protocol):
+    @property
+    def session(self) -> str: ...
+    @property
+    def lanes(self) -> tuple[str, ...]: ...
+    @property
+    def order(self) -> tuple[int, int]: ...
+
+
+T = TypeVar("T", bound=Ticket)
+
+
+class _SessionLane(Generic[T]):
+    __slots__ = ("active", "held", "key", "listed", "queue")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.queue: deque[T] = deque()
+        self.active = 0
+        self.held = False  # the head waits out a retry backoff
+        self.listed: T | None = None  # the head currently in a ready heap
+
+
+_HeapEntry = tuple[tuple[int, int], int, _SessionLane[T], T]
+
+
+class LaneTable(Generic[T]):
+    """Queued and active tickets per session lane and shared lane."""
+
+    def __init__(self, shared: Mapping[str, int], session_limit: int = 1) -> None:
+        self.session_limit = session_limit
+        self.limits: dict[str, int] = dict(shared)
+        self.active: dict[str, int] = dict.fromkeys(shared, 0)
+        self.queued: dict[str, int] = dict.fromkeys(shared, 0)
+        self._sessions: dict[str, _SessionLane[T]] = {}
+        self._ready: dict[tuple[str, ...], list[_HeapEntry[T]]] = {}
+        self._tiebreak = itertools.count()
+        self.total_queued = 0
+        self.total_active = 0
+        self._stale = 0  # heap entries known to be stale, for compaction
+
+    # -- queries ---------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Number of session lanes currently remembered."""
+        return len(self._sessions)
+
+    def queued_in(self, session: str) -> int:
+        lane = self._sessions.get(session)
+        return len(lane.queue) if lane is not None else 0
+
+    def active_in(self, session: str) -> int:
+        lane = self._sessions.get(session)
+        return lane.active if lane is not None else 0
+
+    def queue_of(self, session: str) -> list[T]:
+        lane = self._sessions.get(session)
+        return list(lane.queue) if lane is not None else []
+
+    def is_held(self, session: str) -> bool:
+        lane = self._sessions.get(session)
+        return lane is not None and lane.held
+
+    def sessions(self) -> Iterator[tuple[str, int, list[T]]]:
+        """(key, active, queued tickets) for every remembered session lane."""
+        for key, lane in self._sessions.items():
+            yield key, lane.active, list(lane.queue)
+
+    def blocking_lane(self, ticket: T) -> str | None:
+        """Which lane keeps ``ticket`` (a queued one) from starting, if any."""
+        lane = self._sessions.get(ticket.session)
+        if lane is None:
+            return None
+        if lane.active >= self.session_limit or lane.held or lane.queue[0] is not ticket:
+            return f"session:{ticket.session}"
+        for name in ticket.lanes:
+            if self.active[name] >= self.limits[name]:
+                return name
+        return None
+
+    # -- changes ---------------------------------------------------------------
+
+    def enqueue(self, ticket: T, *, front: bool = False, held: bool = False) -> None:
+        """Queue a ticket at the tail of its session (or the head, for a retry).
+
+        ``held`` keeps a head ticket from starting until ``unhold()``.
+        """
+        lane = self._sessions.get(ticket.session)
+        if lane is None:
+            lane = self._sessions[ticket.session] = _SessionLane(ticket.session)
+        if front:
+            lane.queue.appendleft(ticket)
+            lane.held = held
+        else:
+            lane.queue.append(ticket)
+        for name in ticket.lanes:
+            self.queued[name] += 1
+        self.total_queued += 1
+        self._list(lane)
+
+    def unhold(self, session: str) -> None:
+        lane = self._sessions.get(session)
+        if lane is not None and lane.held:
+            lane.held = False
+            self._list(lane)
+
+    def remove(self, ticket: T) -> bool:
+        """Take a queued ticket out (cancel, queue_wait expiry). False if not queued."""
+        lane = self._sessions.get(ticket.session)
+        if lane is None:
+            return False
+        was_head = bool(lane.queue) and lane.queue[0] is ticket
+        try:
+            lane.queue.remove(ticket)
+        except ValueError:
+            return False
+        for name in ticket.lanes:
+            self.queued[name] -= 1
+        self.total_queued -= 1
+        if was_head:
+            lane.held = False
+            if lane.listed is ticket:
+                lane.listed = None
+                self._stale += 1
+        self._forget_or_list(lane)
+        if self._stale > 1024 and self._stale > self.total_queued:
+            self._compact()
+        return True
+
+    def next_ready(self) -> T | None:
+        """Claim every slot the oldest eligible head needs, or return None."""
+        best: list[_HeapEntry[T]] | None = None
+        for sig, heap in self._ready.items():
+            if not heap or not self._room(sig):
+                continue
+            self._prune(heap)
+            if heap and (best is None or heap[0][:2] < best[0][:2]):
+                best = heap
+        if best is None:
+            return None
+        _, _, lane, ticket = heapq.heappop(best)
+        lane.queue.popleft()
+        lane.listed = None
+        lane.active += 1
+        for name in ticket.lanes:
+            self.active[name] += 1
+            self.queued[name] -= 1
+        self.total_queued -= 1
+        self.total_active += 1
+        self._list(lane)
+        return ticket
+
+    def release(self, ticket: T) -> None:
+        """Free the slots an active ticket held."""
+        lane = self._sessions[ticket.session]
+        lane.active -= 1
+        for name in ticket.lanes:
+            self.active[name] -= 1
+        self.total_active -= 1
+        self._forget_or_list(lane)
+
+    # -- internals -------------------------------------------------------------
+
+    def _room(self, sig: tuple[str, ...]) -> bool:
+        active, limits = self.active, self.limits
+        return all(active[name] < limits[name] for name in sig)
+
+    def _eligible(self, lane: _SessionLane[T], ticket: T) -> bool:
+        return (
+            lane.active < self.session_limit
+            and not lane.held
+            and bool(lane.queue)
+            and lane.queue[0] is ticket
+            and self._sessions.get(lane.key) is lane
+        )
+
+    def _prune(self, heap: list[_HeapEntry[T]]) -> None:
+        while heap:
+            _, _, lane, ticket = heap[0]
+            if self._eligible(lane, ticket):
+                return
+            heapq.heappop(heap)
+            if lane.listed is ticket:
+                lane.listed = None
+
+    def _list(self, lane: _SessionLane[T]) -> None:
+        if not lane.queue:
+            return
+        head = lane.queue[0]
+        if lane.listed is head or not self._eligible(lane, head):
+            return
+        heap = self._ready.get(head.lanes)
+        if heap is None:
+            heap = self._ready[head.lanes] = []
+        heapq.heappush(heap, (head.order, next(self._tiebreak), lane, head))
+        lane.listed = head
+
+    def _compact(self) -> None:
+        for heap in self._ready.values():
+            heap[:] = [e for e in heap if self._eligible(e[2], e[3])]
+            heapq.heapify(heap)
+        self._stale = 0
+
+    def _forget_or_list(self, lane: _SessionLane[T]) -> None:
+        if lane.active == 0 and not lane.queue:
+            del self._sessions[lane.key]
+        else:
+            self._list(lane)

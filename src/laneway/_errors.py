@@ -1,0 +1,110 @@
+"""The laneway error tree.
+
+Every error laneway raises derives from one root::
+
+    LanewayError
+    ├── Overloaded          a queue bound was hit; nothing accepted was lost (retry_after)
+    ├── UnknownHandler      no handler is registered under that name   (also LookupError)
+    ├── InvalidPayload      payload, event data or result is not JSON    (also ValueError)
+    ├── InvalidSession      empty, oversized or malformed session key    (also ValueError)
+    ├── ConfigError         nonsense configuration: negative limits, zero caps (also ValueError)
+    ├── StoreError          the store broke: unreachable, corrupt, owned by another process
+    ├── Closed              you closed it (or never started it); not a failure
+    └── JobError            a job ended in a state other than ``succeeded`` (carries .outcome)
+        ├── JobFailed       the handler raised and no retry was left
+        ├── JobTimedOut     deadline, idle limit or queue_wait expired and no retry was left
+        ├── JobCancelled    stop() or cancel() ended it
+        └── JobDead         quarantined after ``poison_after`` attempts were lost to crashes
+
+Each class's docstring is its default message.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._types import Outcome
+
+__all__ = [
+    "Closed",
+    "ConfigError",
+    "InvalidPayload",
+    "InvalidSession",
+    "JobCancelled",
+    "JobDead",
+    "JobError",
+    "JobFailed",
+    "JobTimedOut",
+    "LanewayError",
+    "Overloaded",
+    "StoreError",
+    "UnknownHandler",
+]
+
+
+class LanewayError(Exception):
+    """laneway failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message if message is not None else (self.__doc__ or "").strip())
+
+
+class Overloaded(LanewayError):
+    """The queue is full; try again later. Nothing already accepted was lost."""
+
+    def __init__(self, message: str | None = None, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UnknownHandler(LanewayError, LookupError):
+    """No handler is registered under that name."""
+
+
+class InvalidPayload(LanewayError, ValueError):
+    """The value is not JSON-serialisable (payloads, event data and results must be)."""
+
+
+class InvalidSession(LanewayError, ValueError):
+    """The session key is empty, too long, or contains control characters."""
+
+
+class ConfigError(LanewayError, ValueError):
+    """The configuration is invalid."""
+
+
+class StoreError(LanewayError):
+    """The store failed."""
+
+
+class Closed(LanewayError):
+    """This Laneway is closed (or was never started)."""
+
+
+class JobError(LanewayError):
+    """The job did not succeed."""
+
+    def __init__(self, outcome: Outcome, message: str | None = None) -> None:
+        detail = f" ({outcome.reason})" if outcome.reason else ""
+        default = f"job {outcome.job_id} ended {outcome.state.value}{detail}"
+        if outcome.error:
+            default += f": {outcome.error}"
+        super().__init__(message or default)
+        self.outcome = outcome
+
+
+class JobFailed(JobError):
+    """The handler raised and no retry was left."""
+
+
+class JobTimedOut(JobError):
+    """A deadline, idle limit or queue_wait expired and no retry was left."""
+
+
+class JobCancelled(JobError):
+    """The job was stopped or cancelled."""
+
+
+class JobDead(JobError):
+    """The job was quarantined after too many attempts were lost to crashes."""

@@ -1,0 +1,136 @@
+"""The store contract: what the runtime needs from a job store.
+
+Writes are *enqueued when called* and applied in call order; the future
+they return resolves once the write is committed (durable stores batch many
+writes into one transaction). The runtime relies on that order: a job's finish
+is always written before the next job of its session starts, so a crash
+between the two cannot reorder a session.
+
+Fencing: every write about a running attempt names the attempt number. A
+store refuses (returns ``None``) a write whose attempt is not the job's
+current running attempt, so a zombie's or a dead worker's late write can
+never overwrite a newer attempt or a terminal state.
+
+Recovery: ``open()`` takes ownership and returns every unfinished job in
+acceptance order; jobs still marked ``running`` were in flight when the last
+owner died, and the runtime decides (retry, ``dead`` after ``poison_after``).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from typing import Any
+
+from .._types import Event, JobInfo, JobState
+
+__all__ = ["Store"]
+
+
+class Store(abc.ABC):
+    """A job store. Subclasses: ``MemoryStore``, ``SQLiteStore``."""
+
+    #: The URL the store was opened from, for messages.
+    url: str = ""
+    #: Seconds between ``maintain()`` calls (heartbeat, retention); None = never.
+    maintain_interval: float | None = None
+
+    # -- life ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def open(self) -> list[JobInfo]:
+        """Take ownership; return unfinished (queued or running) jobs in acceptance order."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush pending writes and release ownership."""
+
+    async def ping(self) -> None:  # noqa: B027 - optional hook
+        """Raise ``StoreError`` if the store cannot be reached (readiness)."""
+
+    async def maintain(self) -> None:  # noqa: B027 - optional hook
+        """Periodic upkeep: extend the ownership lease, apply retention."""
+
+    # -- writes (enqueued now, committed when the future resolves) -----------
+
+    @abc.abstractmethod
+    def add_job(
+        self,
+        *,
+        job_id: str,
+        session: str,
+        handler: str,
+        payload: Any,
+        priority: int,
+        idempotency_key: str | None,
+    ) -> asyncio.Future[tuple[JobInfo, Event | None]]:
+        """Accept a job and its ``job.queued`` event.
+
+        If ``idempotency_key`` was used before in this session, nothing is
+        written and the earlier job is returned with ``None`` for the event.
+        """
+
+    @abc.abstractmethod
+    def start_attempt(self, job_id: str, attempt: int) -> asyncio.Future[Event | None]:
+        """Mark the job running as attempt ``attempt``; write ``job.started``."""
+
+    @abc.abstractmethod
+    def append_event(
+        self, session: str, job_id: str | None, kind: str, data: Any, *, attempt: int | None
+    ) -> asyncio.Future[Event | None]:
+        """Append a handler event; fenced by ``attempt`` when given."""
+
+    @abc.abstractmethod
+    def retry(
+        self,
+        job_id: str,
+        attempt: int,
+        *,
+        error: str | None,
+        reason: str,
+        lost: bool,
+        delay: float,
+    ) -> asyncio.Future[Event | None]:
+        """Put a running (or recovered) job back to ``queued``; write ``job.retry``."""
+
+    @abc.abstractmethod
+    def finish(
+        self,
+        job_id: str,
+        attempt: int,
+        state: JobState,
+        *,
+        result: Any,
+        error: str | None,
+        reason: str | None,
+        lost: bool,
+    ) -> asyncio.Future[Event | None]:
+        """Write the terminal state and its ``job.<state>`` event, exactly once.
+
+        ``attempt`` is the job's current attempt count (0 for a job that never
+        started). Returns ``None`` if the job is already terminal or the
+        attempt is stale.
+        """
+
+    @abc.abstractmethod
+    def requeue(self, job_id: str) -> asyncio.Future[tuple[JobInfo, Event] | None]:
+        """Send a failed, timed_out or dead job back to ``queued`` (None if not allowed)."""
+
+    # -- reads -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: str) -> JobInfo | None: ...
+
+    @abc.abstractmethod
+    async def list_jobs(
+        self, *, state: JobState | None = None, session: str | None = None, limit: int = 100
+    ) -> list[JobInfo]:
+        """Jobs, newest first."""
+
+    @abc.abstractmethod
+    async def read_events(self, session: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
+        """Events of a session with ``seq > after``, oldest first."""
+
+    @abc.abstractmethod
+    async def history(self, session: str, *, before: int, limit: int) -> list[Event]:
+        """The last ``limit`` events of a session with ``seq < before``, oldest first."""
