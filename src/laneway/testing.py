@@ -6,6 +6,9 @@ a user can check that their handlers and settings survive it::
     @lw.handler("chat")
     async def chat(ctx, payload):
         await laneway.testing.hang_ignoring_cancel()   # a call that never returns
+
+``FakeOpenAI`` is an OpenAI-compatible endpoint on loopback whose replies,
+errors and hangs a test scripts request by request.
 """
 
 from __future__ import annotations
@@ -14,7 +17,16 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
 
-__all__ = ["block_loop", "hang", "hang_ignoring_cancel", "model_stream"]
+from ._fakeopenai import FakeOpenAI, FakeRequest
+
+__all__ = [
+    "FakeOpenAI",
+    "FakeRequest",
+    "block_loop",
+    "hang",
+    "hang_ignoring_cancel",
+    "model_stream",
+]
 
 
 async def hang() -> None:

@@ -135,9 +135,16 @@ class TurnContext:
             self._att.procs.discard(proc)
         return ProcessResult(returncode, out, err)
 
-    async def history(self, limit: int = 50) -> list[Event]:
-        """Up to ``limit`` earlier events of this session (before this attempt started)."""
-        return await self._lw._history(self._att, limit)
+    async def history(self, limit: int = 50, *, before: int | None = None) -> list[Event]:
+        """Up to ``limit`` earlier events of this session (before this attempt started).
+
+        ``before`` pages further back: pass the ``seq`` of the oldest event
+        already read to get the ones before it."""
+        if before is None:
+            return await self._lw._history(self._att, limit)
+        start = self._att.start_seq
+        before = min(before, start) if start else before
+        return await self._lw.store.history(self.session, before=before, limit=limit)
 
     async def _drain(self, reader: asyncio.StreamReader | None) -> bytes:
         if reader is None:

@@ -303,6 +303,7 @@ class Laneway:
         self._maintaining = False
         self.discarded_events = 0
         self._process_runner: Any = None  # set by process isolation
+        self._closers: list[Callable[[], Awaitable[None]]] = []  # handlers' clients, run by close()
 
     # -- configuration ---------------------------------------------------------
 
@@ -447,7 +448,13 @@ class Laneway:
             await self.store.close()
         if self._process_runner is not None:
             await self._process_runner.close()
+        await self._run_closers()
         self._state = _CLOSED
+
+    async def _run_closers(self) -> None:
+        for closer in self._closers:
+            with contextlib.suppress(Exception):
+                await closer()
 
     async def _settle(self) -> None:
         # Let committed-write callbacks run before the store closes.
