@@ -146,7 +146,7 @@ TERMINAL_STATES: Final = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """How a job ended. ``reason`` says why: ``deadline``, ``idle``, ``queue_wait``,
     ``stopped``, ``lost``, or the handler error's type name."""
@@ -159,7 +159,7 @@ class Outcome:
     attempts: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class JobInfo:
     """A job as the store and the runtime know it."""
 
@@ -180,7 +180,7 @@ class JobInfo:
     output: bool = False  # the latest attempt emitted events (decides retries after a crash)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     """One entry of a session's append-only log; ``seq`` rises by one per session."""
 

@@ -67,6 +67,9 @@ class LaneTable(Generic[T]):
         self.total_queued = 0
         self.total_active = 0
         self._stale = 0  # heap entries known to be stale, for compaction
+        # False once a scan found nothing startable; only listing a head or
+        # freeing a slot can change that, so until then next_ready() is O(1).
+        self._maybe_ready = False
 
     # -- queries ---------------------------------------------------------------
 
@@ -158,14 +161,17 @@ class LaneTable(Generic[T]):
 
     def next_ready(self) -> T | None:
         """Claim every slot the oldest eligible head needs, or return None."""
+        if not self._maybe_ready:
+            return None
         best: list[_HeapEntry[T]] | None = None
         for sig, heap in self._ready.items():
-            if not heap or not self._room(sig):
+            if not heap or (sig and not self._room(sig)):
                 continue
             self._prune(heap)
             if heap and (best is None or heap[0][:2] < best[0][:2]):
                 best = heap
         if best is None:
+            self._maybe_ready = False
             return None
         _, _, lane, ticket = heapq.heappop(best)
         lane.queue.popleft()
@@ -186,13 +192,17 @@ class LaneTable(Generic[T]):
         for name in ticket.lanes:
             self.active[name] -= 1
         self.total_active -= 1
+        self._maybe_ready = True
         self._forget_or_list(lane)
 
     # -- internals -------------------------------------------------------------
 
     def _room(self, sig: tuple[str, ...]) -> bool:
         active, limits = self.active, self.limits
-        return all(active[name] < limits[name] for name in sig)
+        for name in sig:  # noqa: SIM110 - a plain loop is cheaper than all() on this hot path
+            if active[name] >= limits[name]:
+                return False
+        return True
 
     def _eligible(self, lane: _SessionLane[T], ticket: T) -> bool:
         return (
@@ -223,6 +233,7 @@ class LaneTable(Generic[T]):
             heap = self._ready[head.lanes] = []
         heapq.heappush(heap, (head.order, next(self._tiebreak), lane, head))
         lane.listed = head
+        self._maybe_ready = True
 
     def _compact(self) -> None:
         for heap in self._ready.values():

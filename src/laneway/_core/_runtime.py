@@ -95,6 +95,15 @@ class HandlerSpec:
     isolation: Literal["task", "process"]
 
 
+def _resolved(limits: Limits) -> tuple[float | None, float | None, float | None, float]:
+    return (
+        limits.value("deadline"),
+        limits.value("idle"),
+        limits.value("queue_wait"),
+        limits.value("cancel_grace") or 0.0,
+    )
+
+
 class _Job:
     """A live (queued or running) job; the lane table's ticket."""
 
@@ -105,6 +114,7 @@ class _Job:
         "handler",
         "id",
         "lanes",
+        "limits",
         "lost",
         "order",
         "payload",
@@ -130,6 +140,7 @@ class _Job:
         self.handler = spec.name
         self.spec = spec
         self.lanes = spec.lanes
+        self.limits = _resolved(spec.limits)
         self.payload = payload
         self.order = order
         self.state = JobState.QUEUED
@@ -166,14 +177,13 @@ class Attempt:
     )
 
     def __init__(self, job: _Job, number: int, now: float) -> None:
-        limits = job.spec.limits
-        deadline = limits.value("deadline")
+        deadline, idle, _, _ = job.limits
         self.job = job
         self.number = number
         self.started_at = now
         self.last_progress = now
         self.deadline_at = None if deadline is None else now + deadline
-        self.idle = limits.value("idle")
+        self.idle = idle
         self.reason: str | None = None
         self.no_retry = False
         self.ended = False
@@ -288,6 +298,7 @@ class Laneway:
         self._running: dict[str, Attempt] = {}
         self._queue_index: dict[str, _Job] = {}
         self._admitting: dict[str, int] = {}
+        self._admitting_total = 0
         self._zombies: dict[int, Zombie] = {}
         self._bus = EventBus()
         self._state = _NEW
@@ -527,7 +538,7 @@ class Laneway:
 
     def _admit(self, session: str) -> None:
         pending = self._admitting.get(session, 0)
-        if self._lanes.total_queued + sum(self._admitting.values()) >= self.max_queued:
+        if self._lanes.total_queued + self._admitting_total >= self.max_queued:
             raise Overloaded(f"{self.max_queued} jobs are queued (max_queued)", retry_after=1.0)
         if self._lanes.queued_in(session) + pending >= self.max_queued_per_session:
             raise Overloaded(
@@ -536,8 +547,10 @@ class Laneway:
                 retry_after=1.0,
             )
         self._admitting[session] = pending + 1
+        self._admitting_total += 1
 
     def _admitted(self, session: str) -> None:
+        self._admitting_total -= 1
         left = self._admitting[session] - 1
         if left:
             self._admitting[session] = left
@@ -553,7 +566,7 @@ class Laneway:
         assert self._idle is not None
         self._idle.clear()
         self._lanes.enqueue(job)
-        queue_wait = job.spec.limits.value("queue_wait")
+        queue_wait = job.limits[2]
         if queue_wait is not None:
             assert self._timers is not None
             job.queue_timer = self._timers.call_at(now + queue_wait, self._queue_expired, job)
@@ -571,8 +584,9 @@ class Laneway:
         assert self._timers is not None
         assert self._loop is not None
         del self._queue_index[job.id]
-        self._timers.cancel(job.queue_timer)
-        job.queue_timer = None
+        if job.queue_timer is not None:
+            self._timers.cancel(job.queue_timer)
+            job.queue_timer = None
         job.state = JobState.RUNNING
         job.attempts += 1
         att = Attempt(job, job.attempts, self._loop.time())
@@ -675,7 +689,7 @@ class Laneway:
         att.no_retry = reason in ("stopped", "shutdown")
         if att.task is not None:
             att.task.cancel(msg=f"laneway: {reason}")
-        grace = att.job.spec.limits.value("cancel_grace") or 0.0
+        grace = att.job.limits[3]
         if grace <= 0:
             self._abandon(att)
         else:
@@ -728,13 +742,18 @@ class Laneway:
             return
         att.ended = True
         job = att.job
-        assert self._timers is not None
-        self._timers.cancel(att.timer)
-        self._timers.cancel(att.grace_timer)
-        att.timer = att.grace_timer = None
+        timers = self._timers
+        assert timers is not None
+        if att.timer is not None:
+            timers.cancel(att.timer)
+            att.timer = None
+        if att.grace_timer is not None:
+            timers.cancel(att.grace_timer)
+            att.grace_timer = None
         del self._running[job.id]
         self._lanes.release(job)
-        self._reap(att)
+        if att.procs or att.threads:
+            self._reap(att)
         self._decide(att, result, error, ok)
         for fut in att.end_waiters:
             if not fut.done():
@@ -777,7 +796,7 @@ class Laneway:
         fut = self.store.retry(
             job.id, att.number, error=error, reason=reason, lost=False, delay=delay
         )
-        fut.add_done_callback(self._published)
+        _when_done(fut, self._published)
         if not requeue:
             return
         log.info(
@@ -828,7 +847,7 @@ class Laneway:
                 reason,
                 extra={"job_id": job.id, "session": job.session, "reason": reason, "error": error},
             )
-        fut.add_done_callback(partial(self._finished, job, outcome))
+        _when_done(fut, partial(self._finished, job, outcome))
 
     def _finished(self, job: _Job, outcome: Outcome, fut: asyncio.Future[Event | None]) -> None:
         self._published(fut)
@@ -879,8 +898,7 @@ class Laneway:
             self._zombies.pop(key, None)
 
     def _kill_grace(self, att: Attempt) -> float:
-        grace = att.job.spec.limits.value("cancel_grace") or 0.0
-        return max(0.05, grace / 2)
+        return max(0.05, att.job.limits[3] / 2)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         assert self._loop is not None
@@ -1260,6 +1278,14 @@ class Laneway:
                 max_workers=self.sync_workers, thread_name_prefix="laneway-sync"
             )
         return self._executor.submit(fn, *args)
+
+
+def _when_done(fut: asyncio.Future[T], callback: Callable[[asyncio.Future[T]], None]) -> None:
+    """Run ``callback(fut)`` now if the write is already committed, else when it is."""
+    if fut.done():
+        callback(fut)
+    else:
+        fut.add_done_callback(callback)
 
 
 def _unwrap(fn: Any) -> Any:

@@ -19,6 +19,7 @@ __all__ = ["MemoryStore", "job_event_data"]
 T = TypeVar("T")
 
 _REQUEUEABLE = frozenset({JobState.FAILED, JobState.TIMED_OUT, JobState.DEAD})
+_KIND = {state: f"job.{state.value}" for state in JobState}
 
 
 def job_event_data(
@@ -26,7 +27,7 @@ def job_event_data(
 ) -> dict[str, Any]:
     """The data of a terminal ``job.<state>`` event (shared by every store)."""
     return {
-        "state": state.value,
+        "state": str(state),
         "reason": reason,
         "error": error,
         "result": result,
@@ -126,11 +127,13 @@ class MemoryStore(Store):
         fut.set_result(value)
         return fut
 
-    def _append(self, session: str, job_id: str | None, kind: str, data: Any) -> Event:
+    def _append(
+        self, session: str, job_id: str | None, kind: str, data: Any, now: float | None = None
+    ) -> Event:
         log = self._events.get(session)
         if log is None:
             log = self._events[session] = []
-        ev = Event(len(log) + 1, session, job_id, kind, data, time.time())
+        ev = Event(len(log) + 1, session, job_id, kind, data, now or time.time())
         log.append(ev)
         return ev
 
@@ -160,7 +163,8 @@ class MemoryStore(Store):
         now = time.time()
         rec = _Rec(job_id, session, handler, payload, priority, idempotency_key, now)
         self._jobs[job_id] = rec
-        ev = self._append(session, job_id, "job.queued", {"handler": handler, "payload": payload})
+        data = {"handler": handler, "payload": payload}
+        ev = self._append(session, job_id, "job.queued", data, now)
         return self._done((rec.info(), ev))
 
     def start_attempt(self, job_id: str, attempt: int) -> asyncio.Future[Event | None]:
@@ -170,8 +174,9 @@ class MemoryStore(Store):
         rec.state = JobState.RUNNING
         rec.attempts = attempt
         rec.output = False
-        rec.updated_at = time.time()
-        return self._done(self._append(rec.session, job_id, "job.started", {"attempt": attempt}))
+        rec.updated_at = now = time.time()
+        ev = self._append(rec.session, job_id, "job.started", {"attempt": attempt}, now)
+        return self._done(ev)
 
     def append_event(
         self, session: str, job_id: str | None, kind: str, data: Any, *, attempt: int | None
@@ -220,9 +225,9 @@ class MemoryStore(Store):
         rec.state = state
         rec.result, rec.error, rec.reason = result, error, reason
         rec.lost += int(lost)
-        rec.updated_at = time.time()
+        rec.updated_at = now = time.time()
         data = job_event_data(state, attempts=attempt, result=result, error=error, reason=reason)
-        return self._done(self._append(rec.session, job_id, f"job.{state.value}", data))
+        return self._done(self._append(rec.session, job_id, _KIND[state], data, now))
 
     def requeue(self, job_id: str) -> asyncio.Future[tuple[JobInfo, Event] | None]:
         rec = self._jobs.get(job_id)
