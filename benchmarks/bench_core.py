@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import logging
 import statistics
 import time
 import tracemalloc
@@ -110,7 +111,7 @@ async def _recovery(n: int, deadline: float, grace: float) -> list[float]:
     @lw.handler("hang")
     async def hang(ctx: TurnContext, payload: Any) -> None:
         starts[ctx.job_id] = time.perf_counter()
-        await hang_ignoring_cancel()
+        await hang_ignoring_cancel(times=1)  # swallows laneway's cancel, not asyncio.run's
 
     @lw.handler("next")
     async def nxt(ctx: TurnContext, payload: Any) -> None:
@@ -170,6 +171,7 @@ def memory(queued: int) -> None:
 
 
 def main() -> None:
+    logging.getLogger("laneway").setLevel(logging.ERROR)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds")
     ap.add_argument("--rounds", type=int, default=5)
