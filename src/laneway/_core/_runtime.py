@@ -300,6 +300,7 @@ class Laneway:
         self._admitting: dict[str, int] = {}
         self._admitting_total = 0
         self._zombies: dict[int, Zombie] = {}
+        self._abandoned: set[Attempt] = set()
         self._bus = EventBus()
         self._state = _NEW
         self._seq = itertools.count(1)
@@ -450,6 +451,7 @@ class Laneway:
         if pending:
             await asyncio.wait(pending)
         await self._settle()
+        self._release_zombies()
         self._shutdown_parts()
         for job in list(self._jobs.values()):
             for fut in job.waiters:
@@ -473,6 +475,27 @@ class Laneway:
             await asyncio.sleep(0)
         if self._background:
             await asyncio.wait(list(self._background), timeout=5.0)
+
+    def _release_zombies(self) -> None:
+        """Give abandoned tasks one more cancel, then stop tracking them.
+
+        A task that swallows every cancellation would otherwise make the event
+        loop's own shutdown (``asyncio.run``) wait for it forever.
+        """
+        unregister = getattr(asyncio.tasks, "_unregister_task", None)
+        for att in self._abandoned:
+            task = att.task
+            if task is None or task.done():
+                continue
+            task.cancel(msg="laneway: closed")
+            log.warning(
+                "job.zombie: %s still running at close; left behind",
+                att.job.id,
+                extra={"job_id": att.job.id, "session": att.job.session},
+            )
+            if unregister is not None:
+                unregister(task)
+        self._abandoned.clear()
 
     def _shutdown_parts(self) -> None:
         if self._timers is not None:
@@ -704,13 +727,18 @@ class Laneway:
         if task is not None and not task.done():
             key = id(att)
             self._zombies[key] = Zombie(job.id, job.session, "task", self._loop_time())
-            task.add_done_callback(lambda _t: self._zombies.pop(key, None))
+            self._abandoned.add(att)
+            task.add_done_callback(partial(self._zombie_done, att))
             log.warning(
                 "job.zombie: %s ignored cancellation for its grace; abandoned, slots freed",
                 job.id,
                 extra={"job_id": job.id, "session": job.session, "reason": att.reason},
             )
         self._end(att)
+
+    def _zombie_done(self, att: Attempt, _task: asyncio.Task[None]) -> None:
+        self._zombies.pop(id(att), None)
+        self._abandoned.discard(att)
 
     def _queue_expired(self, job: _Job) -> None:
         job.queue_timer = None
