@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -11,6 +12,14 @@ import pytest
 from laneway import Laneway
 
 MakeLaneway = Callable[..., Laneway]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # On Python 3.11, asyncio.get_event_loop() creates a loop if none was ever
+    # set; pytest-asyncio calls it around async tests and restores that loop
+    # afterwards, never closing it, so a sync test followed by an async one
+    # ends the run with "unclosed event loop" (an error under -W error).
+    asyncio.set_event_loop(None)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from ._errors import LanewayError as LanewayError
 from ._errors import Overloaded as Overloaded
 from ._errors import StoreError as StoreError
 from ._errors import UnknownHandler as UnknownHandler
+from ._isolation import ProcessPool as ProcessPool
 from ._types import Event as Event
 from ._types import JobInfo as JobInfo
 from ._types import JobState as JobState
@@ -54,6 +55,7 @@ __all__ = [
     "Limits",
     "Outcome",
     "Overloaded",
+    "ProcessPool",
     "ProcessResult",
     "Retry",
     "Snapshot",

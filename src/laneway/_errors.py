@@ -16,6 +16,9 @@ Every error laneway raises derives from one root::
         ├── JobCancelled    stop() or cancel() ended it
         └── JobDead         quarantined after ``poison_after`` attempts were lost to crashes
 
+``WorkerLost`` is internal: the process that ran an attempt died, so the
+attempt ends as lost (reason ``"lost"``); callers see the job's outcome.
+
 Each class's docstring is its default message.
 """
 
@@ -40,6 +43,7 @@ __all__ = [
     "Overloaded",
     "StoreError",
     "UnknownHandler",
+    "WorkerLost",
 ]
 
 
@@ -108,3 +112,7 @@ class JobCancelled(JobError):
 
 class JobDead(JobError):
     """The job was quarantined after too many attempts were lost to crashes."""
+
+
+class WorkerLost(LanewayError):
+    """The worker process running the attempt died; the attempt is lost."""

@@ -44,7 +44,9 @@ from .._errors import (
     Overloaded,
     StoreError,
     UnknownHandler,
+    WorkerLost,
 )
+from .._isolation._config import ProcessPool
 from .._types import (
     DEFAULT_LIMITS,
     TERMINAL_STATES,
@@ -265,6 +267,7 @@ class Laneway:
         exit_after: float | None = None,
         wait_warn: float = 60.0,
         sync_workers: int = 32,
+        process_pool: ProcessPool | None = None,
     ) -> None:
         self.lanes = self._check_lanes(lanes or {})
         self.session_limit = _positive_int("session_limit", session_limit)
@@ -288,6 +291,9 @@ class Laneway:
         self.exit_after = exit_after
         self.wait_warn = float(wait_warn)
         self.sync_workers = _positive_int("sync_workers", sync_workers)
+        if process_pool is not None and not isinstance(process_pool, ProcessPool):
+            raise ConfigError(f"process_pool must be a ProcessPool, got {process_pool!r}")
+        self.process_pool = process_pool
         self.store: Store = open_store(store) if isinstance(store, str) else store
         if not isinstance(self.store, Store):
             raise ConfigError(f"store must be a URL or a Store, got {store!r}")
@@ -796,6 +802,8 @@ class Laneway:
             self._failed(att, JobState.TIMED_OUT, reason, f"{reason} limit exceeded")
         elif reason is not None or (error is None and not ok):
             self._terminal(att.job, JobState.CANCELLED, reason="stopped", error=None)
+        elif isinstance(error, WorkerLost):
+            self._lost(att, str(error))
         elif error is not None:
             self._failed(att, JobState.FAILED, type(error).__name__, str(error) or repr(error))
         else:
@@ -806,23 +814,47 @@ class Laneway:
             else:
                 self._terminal(att.job, JobState.SUCCEEDED, result=result)
 
-    def _failed(self, att: Attempt, state: JobState, reason: str, error: str) -> None:
+    def _may_retry(self, att: Attempt) -> bool:
         retry = att.job.spec.retry
-        if (
+        return (
             not att.no_retry
             and att.job.attempts < retry.max_attempts
             and (not att.output or retry.retry_after_output)
-        ):
-            delay = retry.delay(att.job.attempts, random.random())
+        )
+
+    def _failed(self, att: Attempt, state: JobState, reason: str, error: str) -> None:
+        if self._may_retry(att):
+            delay = att.job.spec.retry.delay(att.job.attempts, random.random())
             self._retry(att, error=error, reason=reason, delay=delay, requeue=True)
         else:
             self._terminal(att.job, state, reason=reason, error=error)
 
-    def _retry(self, att: Attempt, *, error: str, reason: str, delay: float, requeue: bool) -> None:
+    def _lost(self, att: Attempt, error: str) -> None:
+        """The attempt's process died under it (isolation="process"): count it as lost."""
+        job = att.job
+        job.lost += 1
+        if job.lost >= self.poison_after:
+            self._terminal(job, JobState.DEAD, reason="lost", error=error, lost=True)
+        elif self._may_retry(att):
+            delay = job.spec.retry.delay(job.attempts, random.random())
+            self._retry(att, error=error, reason="lost", delay=delay, requeue=True, lost=True)
+        else:
+            self._terminal(job, JobState.FAILED, reason="lost", error=error, lost=True)
+
+    def _retry(
+        self,
+        att: Attempt,
+        *,
+        error: str,
+        reason: str,
+        delay: float,
+        requeue: bool,
+        lost: bool = False,
+    ) -> None:
         job = att.job
         job.state = JobState.QUEUED
         fut = self.store.retry(
-            job.id, att.number, error=error, reason=reason, lost=False, delay=delay
+            job.id, att.number, error=error, reason=reason, lost=lost, delay=delay
         )
         _when_done(fut, self._published)
         if not requeue:
