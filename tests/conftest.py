@@ -10,6 +10,8 @@ import pytest
 
 from laneway import Laneway
 
+from ._helpers import Stubborn, settle
+
 MakeLaneway = Callable[..., Laneway]
 
 
@@ -33,3 +35,12 @@ async def make_laneway() -> AsyncIterator[MakeLaneway]:
         yield factory
         for lw in made:
             await lw.close()
+
+
+@pytest.fixture
+async def stubborn() -> AsyncIterator[Stubborn]:
+    """Cancellation-swallowing turns, released at teardown so the loop can close."""
+    helper = Stubborn()
+    yield helper
+    helper.release()
+    await settle()
