@@ -12,11 +12,10 @@ sessions never notice, and a job waiting for the shared lane holds nothing.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
-from laneway import JobState, Limits, Retry, TurnContext
+from laneway import JobState, Laneway, Limits, Retry, TurnContext
 from laneway.testing import hang
 
 from .._helpers import Starts, Stubborn, load, now
@@ -28,7 +27,7 @@ DEADLINE = 180.0
 GRACE = 5.0
 
 
-def _build(make_laneway: MakeLaneway, starts: Starts, stubborn: Stubborn) -> Any:
+def _build(make_laneway: MakeLaneway, starts: Starts, stubborn: Stubborn) -> Laneway:
     lw = make_laneway(
         lanes={"llm": 1},
         limits=Limits(deadline=DEADLINE, idle=None, cancel_grace=GRACE),

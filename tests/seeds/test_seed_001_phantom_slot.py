@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from laneway import Event, JobState, Limits, Retry, TurnContext
+from laneway import Event, JobState, Laneway, Limits, Retry, TurnContext
 
 from .._helpers import Starts, Stubborn, events_of, lane, now, settle, terminal_counts
 from ..conftest import MakeLaneway
@@ -28,7 +28,7 @@ DEADLINE = 600.0
 GRACE = 5.0
 
 
-def _register(lw: Any, starts: Starts, stubborn: Stubborn, late: list[Event | None]) -> None:
+def _register(lw: Laneway, starts: Starts, stubborn: Stubborn, late: list[Event | None]) -> None:
     @lw.handler("phantom", lanes=("llm",), limits=Limits(deadline=DEADLINE))
     async def phantom(ctx: TurnContext, payload: dict[str, str]) -> str:
         starts.start(payload["name"])
@@ -47,7 +47,7 @@ def _register(lw: Any, starts: Starts, stubborn: Stubborn, late: list[Event | No
         return f"{payload['name']} ok"
 
 
-def _laneway(make_laneway: MakeLaneway, slots: int) -> Any:
+def _laneway(make_laneway: MakeLaneway, slots: int) -> Laneway:
     return make_laneway(
         lanes={"llm": slots},
         limits=Limits(idle=None, cancel_grace=GRACE),
