@@ -6,7 +6,7 @@ import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 
-from laneway import Event, LaneStats, Laneway, Snapshot
+from laneway import Event, JobInfo, JobState, LaneStats, Laneway, Snapshot
 
 TERMINAL_KINDS = frozenset(
     {"job.succeeded", "job.failed", "job.timed_out", "job.cancelled", "job.dead"}
@@ -47,6 +47,17 @@ async def events_of(lw: Laneway, session: str) -> list[Event]:
 async def terminal_counts(lw: Laneway, session: str) -> Counter[str | None]:
     """How many terminal ``job.<state>`` events each job of ``session`` has."""
     return Counter(e.job_id for e in await events_of(lw, session) if e.kind in TERMINAL_KINDS)
+
+
+async def info(lw: Laneway, job_id: str) -> JobInfo:
+    """The job as ``lw.get`` reports it (fails the test if unknown)."""
+    found = await lw.get(job_id)
+    assert found is not None, f"no job {job_id}"
+    return found
+
+
+async def state(lw: Laneway, job_id: str) -> JobState:
+    return (await info(lw, job_id)).state
 
 
 def lane(snap: Snapshot, name: str) -> LaneStats:
