@@ -75,7 +75,7 @@ def _progressing(make_laneway: MakeLaneway, limits: Limits) -> Laneway:
 
     @lw.handler("turn")
     async def turn(ctx: TurnContext, payload: dict[str, Any]) -> int:
-        how, every, steps = payload["how"], payload["every"], payload["steps"]
+        how, every, steps = str(payload["how"]), float(payload["every"]), int(payload["steps"])
         if how == "stream":
             chunks = [str(i) for i in range(steps)]
             source = model_stream(chunks, delay=every)
