@@ -1,4 +1,8 @@
-"""Bad configuration and bad input are clear errors at the call, never a hang."""
+"""Bad configuration and bad input are clear errors at the call, never a hang.
+
+No virtual time here: nothing waits, and looptime would give every plain
+(sync) test an event loop that is never closed.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +26,6 @@ from laneway import (
 
 from .._helpers import events_of
 from ..conftest import MakeLaneway
-
-pytestmark = pytest.mark.looptime
 
 
 @pytest.mark.parametrize(
