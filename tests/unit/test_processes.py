@@ -75,17 +75,28 @@ def _family(make_laneway: MakeLaneway, pidfile: Path) -> Laneway:
         assert result.stdout == b"started\n"
         return result.returncode
 
+    @lw.handler("cli-stubborn")
+    async def stubborn(ctx: TurnContext, payload: str) -> int:
+        # The process call is shielded and the stop's cancel swallowed: only
+        # the runtime killing the group when it abandons the attempt ends it.
+        # (A second cancel, the test loop's teardown, is honoured.)
+        call = asyncio.ensure_future(cli(ctx, payload))
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            return await asyncio.shield(call)
+
     return lw
 
 
-@pytest.mark.parametrize("ending", ["stop", "stop-late", "deadline", "success"])
+@pytest.mark.parametrize("ending", ["stop", "stop-late", "stop-stubborn", "deadline", "success"])
 async def test_the_process_group_dies_with_the_attempt(
     make_laneway: MakeLaneway, tmp_path: Path, ending: str
 ) -> None:
     pidfile = tmp_path / "pids"
     lw = _family(make_laneway, pidfile)
     await lw.start()
-    handler = "cli" if ending == "deadline" else "cli-stop"
+    handler = {"deadline": "cli", "stop-stubborn": "cli-stubborn"}.get(ending, "cli-stop")
     job = await lw.submit("alice", handler, "exit" if ending == "success" else "wait")
     grandchild, child = await pids_in(pidfile)
     if ending.startswith("stop"):
@@ -97,19 +108,23 @@ async def test_the_process_group_dies_with_the_attempt(
         assert alive(grandchild)
         t0 = time.monotonic()
         result = await lw.stop("alice")
-        assert time.monotonic() - t0 < 1.0 + 0.5  # within the cancel grace
+        assert time.monotonic() - t0 < 1.0 + 0.5  # within the cancel grace (1 s)
         assert result.cancelled == [job.id]
     outcome = await job.wait()
     expected = {
         "stop": JobState.CANCELLED,
         "stop-late": JobState.CANCELLED,
+        "stop-stubborn": JobState.CANCELLED,
         "deadline": JobState.TIMED_OUT,
         "success": JobState.SUCCEEDED,
     }
     assert outcome.state is expected[ending]
     # The child and the grandchild it left in its group are both gone.
     assert await all_gone([child, grandchild])
-    await asyncio.sleep(0.1)
+    for _ in range(50):  # the stubborn task ends once its process is gone
+        if not lw.snapshot().zombies:
+            break
+        await asyncio.sleep(0.02)
     assert lw.snapshot().zombies == []
 
 
