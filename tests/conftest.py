@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import warnings
+from collections.abc import AsyncIterator, Callable, Generator
 from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
 
 from laneway import Laneway
+
+from ._helpers import Stubborn, settle
 
 MakeLaneway = Callable[..., Laneway]
 
@@ -42,3 +45,40 @@ async def make_laneway() -> AsyncIterator[MakeLaneway]:
         yield factory
         for lw in made:
             await lw.close()
+
+
+@pytest.fixture
+async def stubborn() -> AsyncIterator[Stubborn]:
+    """Cancellation-swallowing turns, released at teardown so the loop can close."""
+    helper = Stubborn()
+    yield helper
+    helper.release()
+    await settle()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, object]:
+    """Close the event loop looptime's hook makes the policy create for a plain test.
+
+    Before every test, looptime asks the (autouse) event loop policy for its
+    current loop; for a sync test there is none, so the policy creates one that
+    nobody closes, and its ResourceWarning surfaces later in a random test.
+    """
+    try:
+        return (yield)
+    finally:
+        if pyfuncitem.get_closest_marker("asyncio") is None:  # a plain test
+            _close_current_loop()
+
+
+def _close_current_loop() -> None:
+    policy = asyncio.get_event_loop_policy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            loop = policy.get_event_loop()
+        except RuntimeError:
+            return
+    if not loop.is_running() and not loop.is_closed():
+        loop.close()
+    policy.set_event_loop(None)

@@ -19,6 +19,7 @@ from ._errors import LanewayError as LanewayError
 from ._errors import Overloaded as Overloaded
 from ._errors import StoreError as StoreError
 from ._errors import UnknownHandler as UnknownHandler
+from ._errors import UnknownJob as UnknownJob
 from ._isolation import ProcessPool as ProcessPool
 from ._types import Event as Event
 from ._types import JobInfo as JobInfo
@@ -64,5 +65,6 @@ __all__ = [
     "StoreError",
     "TurnContext",
     "UnknownHandler",
+    "UnknownJob",
     "Zombie",
 ]

@@ -5,6 +5,7 @@ Every error laneway raises derives from one root::
     LanewayError
     ├── Overloaded          a queue bound was hit; nothing accepted was lost (retry_after)
     ├── UnknownHandler      no handler is registered under that name   (also LookupError)
+    ├── UnknownJob          no job has that id                          (also LookupError)
     ├── InvalidPayload      payload, event data or result is not JSON    (also ValueError)
     ├── InvalidSession      empty, oversized or malformed session key    (also ValueError)
     ├── ConfigError         nonsense configuration: negative limits, zero caps (also ValueError)
@@ -64,6 +65,10 @@ class Overloaded(LanewayError):
 
 class UnknownHandler(LanewayError, LookupError):
     """No handler is registered under that name."""
+
+
+class UnknownJob(LanewayError, LookupError):
+    """No job has that id."""
 
 
 class InvalidPayload(LanewayError, ValueError):

@@ -115,15 +115,25 @@ class TurnContext:
         """
         if not argv:
             raise ValueError("run_process needs a program to run")
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
+        spawn = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+            )
         )
+        try:
+            proc = await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            # The child may already run (and have children of its own): a
+            # cancelled spawn only kills the leader, so kill its whole group
+            # once the spawn completes.
+            spawn.add_done_callback(self._kill_spawned)
+            raise
         self._att.procs.add(proc)
         try:
             out, err, _ = await asyncio.gather(
@@ -134,6 +144,10 @@ class TurnContext:
             await kill_group(proc, self._lw._kill_grace(self._att))
             self._att.procs.discard(proc)
         return ProcessResult(returncode, out, err)
+
+    def _kill_spawned(self, spawn: asyncio.Future[asyncio.subprocess.Process]) -> None:
+        if not spawn.cancelled() and spawn.exception() is None:
+            self._lw._spawn(self._lw._kill_and_track(self._att, spawn.result()))
 
     async def history(self, limit: int = 50, *, before: int | None = None) -> list[Event]:
         """Up to ``limit`` earlier events of this session (before this attempt started).

@@ -44,6 +44,7 @@ from .._errors import (
     Overloaded,
     StoreError,
     UnknownHandler,
+    UnknownJob,
     WorkerLost,
 )
 from .._isolation._config import ProcessPool
@@ -1090,7 +1091,7 @@ class Laneway:
         self._require_running()
         info = await self.store.get_job(job_id)
         if info is None:
-            raise LookupError(f"no job {job_id!r}")
+            raise UnknownJob(f"no job {job_id!r}")
         spec = self._handlers.get(info.handler)
         if spec is None:
             raise UnknownHandler(f"no handler named {info.handler!r}")
@@ -1124,7 +1125,7 @@ class Laneway:
                     job.waiters.remove(fut)
         info = await self.store.get_job(job_id)
         if info is None:
-            raise LookupError(f"no job {job_id!r}")
+            raise UnknownJob(f"no job {job_id!r}")
         if info.state not in TERMINAL_STATES:
             raise LanewayError(f"job {job_id} is {info.state.value} but not live here")
         return Outcome(job_id, info.state, info.result, info.error, info.reason, info.attempts)

@@ -1,0 +1,114 @@
+"""Small tools the core tests share: clocks, gates, start recorders, log checks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+
+from laneway import Event, JobInfo, JobState, LaneStats, Laneway, Snapshot
+
+TERMINAL_KINDS = frozenset(
+    {"job.succeeded", "job.failed", "job.timed_out", "job.cancelled", "job.dead"}
+)
+
+
+def now() -> float:
+    """The running loop's clock (virtual under looptime)."""
+    return asyncio.get_running_loop().time()
+
+
+@dataclass
+class Starts:
+    """Records when and in which order handlers started (and finished)."""
+
+    order: list[str] = field(default_factory=list)
+    at: dict[str, float] = field(default_factory=dict)
+    ended: dict[str, float] = field(default_factory=dict)
+
+    def start(self, name: str) -> None:
+        self.order.append(name)
+        self.at[name] = now()
+
+    def end(self, name: str) -> None:
+        self.ended[name] = now()
+
+
+async def settle(times: int = 5) -> None:
+    """Let callbacks scheduled with call_soon run (commit callbacks, wake-ups)."""
+    for _ in range(times):
+        await asyncio.sleep(0)
+
+
+async def events_of(lw: Laneway, session: str) -> list[Event]:
+    return await lw.store.read_events(session, after=0, limit=100_000)
+
+
+async def terminal_counts(lw: Laneway, session: str) -> Counter[str | None]:
+    """How many terminal ``job.<state>`` events each job of ``session`` has."""
+    return Counter(e.job_id for e in await events_of(lw, session) if e.kind in TERMINAL_KINDS)
+
+
+async def info(lw: Laneway, job_id: str) -> JobInfo:
+    """The job as ``lw.get`` reports it (fails the test if unknown)."""
+    found = await lw.get(job_id)
+    assert found is not None, f"no job {job_id}"
+    return found
+
+
+async def state(lw: Laneway, job_id: str) -> JobState:
+    return (await info(lw, job_id)).state
+
+
+def lane(snap: Snapshot, name: str) -> LaneStats:
+    """The snapshot's stats of lane ``name`` (fails the test if it is not listed)."""
+    for stats in snap.lanes:
+        if stats.name == name:
+            return stats
+    raise AssertionError(f"lane {name!r} not in {[s.name for s in snap.lanes]}")
+
+
+def load(snap: Snapshot, name: str) -> tuple[int, int]:
+    """(active, queued) of lane ``name``."""
+    stats = lane(snap, name)
+    return stats.active, stats.queued
+
+
+def check_seq(events: list[Event]) -> None:
+    """A session log's seq rises by exactly one per event."""
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+class Stubborn:
+    """Turns that swallow every cancellation until released (seed 001's phantom).
+
+    ``await stubborn.hang()`` catches ``CancelledError`` and keeps waiting, so
+    only abandonment can free its slot. ``release()`` lets every such turn
+    finish (late), returning ``value``; the ``stubborn`` fixture releases them
+    at teardown so the test loop can close.
+    """
+
+    def __init__(self) -> None:
+        self._release: asyncio.Event | None = None
+        self.swallowed = 0
+        self.running = 0
+
+    def _event(self) -> asyncio.Event:
+        if self._release is None:
+            self._release = asyncio.Event()
+        return self._release
+
+    async def hang(self) -> None:
+        release = self._event()
+        self.running += 1
+        try:
+            while not release.is_set():
+                try:
+                    await release.wait()
+                except asyncio.CancelledError:
+                    self.swallowed += 1
+        finally:
+            self.running -= 1
+
+    def release(self) -> None:
+        self._event().set()
