@@ -79,12 +79,12 @@ class SQLiteStore(Store):
         if self._writer is not None or self._closed:
             raise StoreError(f"{self.url} is already open (or was closed); make a new store")
         loop = asyncio.get_running_loop()
-        conn, unfinished = await asyncio.to_thread(self._open_sync)
-        self._writer = Writer(conn, loop, self.settings.batch_max)
-        self._writer.start()
+        writer, unfinished = await asyncio.to_thread(self._open_sync, loop)
+        writer.start()
+        self._writer = writer
         return unfinished
 
-    def _open_sync(self) -> tuple[sqlite3.Connection, list[JobInfo]]:
+    def _open_sync(self, loop: asyncio.AbstractEventLoop) -> tuple[Writer, list[JobInfo]]:
         parent = self.path.parent
         if not parent.is_dir():
             raise StoreError(f"cannot open {self.url}: the directory {parent} does not exist")
@@ -94,7 +94,9 @@ class SQLiteStore(Store):
         try:
             conn = self._connect()
             try:
-                unfinished = self._prepare(conn)
+                self._prepare(conn)
+                writer = Writer(conn, loop, self.settings.batch_max)
+                unfinished = writer.load()
             except BaseException:
                 conn.close()
                 raise
@@ -104,7 +106,7 @@ class SQLiteStore(Store):
         except BaseException:
             self._release()
             raise
-        return conn, unfinished
+        return writer, unfinished
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(
@@ -114,7 +116,7 @@ class SQLiteStore(Store):
             check_same_thread=False,
         )
 
-    def _prepare(self, conn: sqlite3.Connection) -> list[JobInfo]:
+    def _prepare(self, conn: sqlite3.Connection) -> None:
         # The first statement reads the header: a corrupt file fails here, before any write.
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
@@ -130,10 +132,6 @@ class SQLiteStore(Store):
             " since = excluded.since, heartbeat_at = excluded.heartbeat_at",
             (os.getpid(), socket.gethostname(), self._since, self._since),
         )
-        rows = conn.execute(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'running') ORDER BY num"
-        ).fetchall()
-        return [job_info(row) for row in rows]
 
     # -- ownership ---------------------------------------------------------------
 
@@ -219,9 +217,7 @@ class SQLiteStore(Store):
             if keep_jobs is not None:
                 n_jobs = await self._write(Writer.prune_jobs, (now - keep_jobs, _PRUNE_CHUNK))
             if keep_events is not None:
-                n_events = await self._write(
-                    Writer.prune_events, (now - keep_events, _PRUNE_CHUNK)
-                )
+                n_events = await self._write(Writer.prune_events, (now - keep_events, _PRUNE_CHUNK))
             jobs, events = jobs + n_jobs, events + n_events
             if n_jobs < _PRUNE_CHUNK and n_events < _PRUNE_CHUNK:
                 break

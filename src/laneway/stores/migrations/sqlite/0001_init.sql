@@ -26,9 +26,6 @@ CREATE UNIQUE INDEX jobs_idempotency ON jobs (session, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX jobs_state ON jobs (state, num);
 CREATE INDEX jobs_session ON jobs (session, num);
--- Retention walks finished jobs by age without touching live ones.
-CREATE INDEX jobs_finished ON jobs (updated_at)
-    WHERE state IN ('succeeded', 'failed', 'timed_out', 'cancelled', 'dead');
 
 -- The append-only log; `seq` rises by one per session.
 CREATE TABLE events (
