@@ -85,8 +85,12 @@ def _setting(settings: SQLiteSettings, name: str, value: Any) -> SQLiteSettings:
         if mode not in _SYNCHRONOUS:
             raise ConfigError(f"sqlite store: synchronous must be one of {_SYNCHRONOUS}")
         return replace(settings, synchronous=mode)
-    if name in ("maintain_interval", "retain_jobs", "retain_events"):
-        return replace(settings, **{name: parse_duration(name, value)})
+    if name == "maintain_interval":
+        return replace(settings, maintain_interval=parse_duration(name, value))
+    if name == "retain_jobs":
+        return replace(settings, retain_jobs=parse_duration(name, value))
+    if name == "retain_events":
+        return replace(settings, retain_events=parse_duration(name, value))
     if name == "busy_timeout":
         return replace(settings, busy_timeout=parse_duration(name, value) or 0.0)
     if name == "batch_max":

@@ -46,7 +46,7 @@ _SEQ_CACHE_MAX = 100_000
 _STOP = object()
 
 _json_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
-_encode_str: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring
 _decode = json.JSONDecoder().decode
 
 
