@@ -7,14 +7,16 @@ Three legs in one run, each repeated and reported as the median:
   submit latency (submit call -> job committed) p50/p99 under that load;
 - a naive durable queue: plain ``sqlite3``, the same WAL mode and
   ``synchronous`` setting, one transaction per state change (accept, start,
-  succeed; each with its event), run in a tight loop with no event loop.
+  succeed; each with its event), run in a tight loop with no event loop;
+- both again with ``synchronous=full`` (an fsync per commit), where one
+  transaction per state change costs most and group commit saves most.
 
 Then recovery: a child process fills a database with Q queued jobs and is
 killed with SIGKILL; a fresh process opens it and we time how long until it
 is serving again (a new job submitted and finished).
 
     python benchmarks/bench_durable.py                # 50,000 jobs, 1,000 sessions
-    python benchmarks/bench_durable.py --jobs 5000    # quick run
+    python benchmarks/bench_durable.py --jobs 5000 --full-jobs 2000 --queued 20000  # quick
 """
 
 from __future__ import annotations
@@ -252,6 +254,16 @@ def _row(run: Run, base: Run) -> str:
     )
 
 
+def _full_legs(args: argparse.Namespace, tmp: Path) -> tuple[Run, Run]:
+    """synchronous=FULL: every commit is fsynced, where group commit matters most."""
+    url = f"sqlite:///{tmp}/full.db?synchronous=full"
+    grouped = asyncio.run(laneway_run(url, args.full_jobs, args.sessions, args.submitters))
+    grouped.label = "laneway sqlite:// (sync=full)"
+    naive = naive_run(tmp / "naive-full.db", args.naive_full_jobs, args.sessions, "full")
+    naive.label = "naive sqlite3 (sync=full)"
+    return grouped, naive
+
+
 def _legs(args: argparse.Namespace, tmp: Path) -> tuple[Run, Run, Run]:
     url = f"sqlite:///{tmp}/bench-%d.db?synchronous={args.synchronous}"
     sqlite_runs, memory_runs, naive_runs = [], [], []
@@ -274,11 +286,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=50_000)
     parser.add_argument("--sessions", type=int, default=1_000)
-    parser.add_argument("--submitters", type=int, default=64, help="concurrent submitting tasks")
+    parser.add_argument("--submitters", type=int, default=16, help="concurrent submitting tasks")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--synchronous", default="normal", choices=["normal", "full"])
     parser.add_argument("--naive-jobs", type=int, default=50_000, help="cap for the naive leg")
     parser.add_argument("--queued", type=int, default=100_000, help="jobs queued at the kill")
+    parser.add_argument("--full-jobs", type=int, default=10_000, help="jobs in the sync=full leg")
+    parser.add_argument("--naive-full-jobs", type=int, default=500, help="naive sync=full cap")
     parser.add_argument("--child-fill", help=argparse.SUPPRESS)
     parser.add_argument("--child-recover", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -298,6 +312,7 @@ def main() -> None:
             file=sys.stderr,
         )
         sqlite_run, memory_run, naive = _legs(args, tmp)
+        full_run, naive_full = _full_legs(args, tmp)
         recovery = recovery_run(args.queued, args.sessions, tmp)
 
     print()
@@ -310,6 +325,11 @@ def main() -> None:
     print()
     print(f"sqlite / memory throughput:  {sqlite_run.rate / memory_run.rate:.2f}")
     print(f"sqlite / naive throughput:   {sqlite_run.rate / naive.rate:.1f}x")
+    print()
+    print("with synchronous=full (an fsync per commit; one run each):")
+    for run in (full_run, naive_full):
+        print(_row(run, naive_full))
+    print(f"sqlite / naive throughput:   {full_run.rate / naive_full.rate:.1f}x")
     print()
     print(
         f"recovery after SIGKILL with {args.queued:,} queued jobs "
