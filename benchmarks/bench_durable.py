@@ -8,7 +8,9 @@ Three legs in one run, each repeated and reported as the median:
 - a naive durable queue: plain ``sqlite3``, the same WAL mode and
   ``synchronous`` setting, one transaction per state change (accept, start,
   succeed; each with its event), run in a tight loop with no event loop;
-- both again with ``synchronous=full`` (an fsync per commit), where one
+- laneway with group commit turned off (``batch_max=1``: one transaction per
+  write, the same runtime), one run;
+- laneway and the naive queue again with ``synchronous=full`` (an fsync per commit), where one
   transaction per state change costs most and group commit saves most.
 
 Then recovery: a child process fills a database with Q queued jobs and is
@@ -264,6 +266,14 @@ def _full_legs(args: argparse.Namespace, tmp: Path) -> tuple[Run, Run]:
     return grouped, naive
 
 
+def _ungrouped_leg(args: argparse.Namespace, tmp: Path) -> Run:
+    """The same runtime and store with group commit off (``batch_max=1``)."""
+    url = f"sqlite:///{tmp}/ungrouped.db?synchronous={args.synchronous}&batch_max=1"
+    run = asyncio.run(laneway_run(url, args.jobs, args.sessions, args.submitters))
+    run.label = "laneway sqlite:// batch_max=1"
+    return run
+
+
 def _legs(args: argparse.Namespace, tmp: Path) -> tuple[Run, Run, Run]:
     url = f"sqlite:///{tmp}/bench-%d.db?synchronous={args.synchronous}"
     sqlite_runs, memory_runs, naive_runs = [], [], []
@@ -312,6 +322,7 @@ def main() -> None:
             file=sys.stderr,
         )
         sqlite_run, memory_run, naive = _legs(args, tmp)
+        ungrouped = _ungrouped_leg(args, tmp)
         full_run, naive_full = _full_legs(args, tmp)
         recovery = recovery_run(args.queued, args.sessions, tmp)
 
@@ -320,11 +331,12 @@ def main() -> None:
         f"{'':34} {'jobs':>8} {'seconds':>9} {'jobs/s':>11} {'vs naive':>9} "
         f"{'p50 ms':>8} {'p99 ms':>8}"
     )
-    for run in (sqlite_run, memory_run, naive):
+    for run in (sqlite_run, memory_run, naive, ungrouped):
         print(_row(run, naive))
     print()
     print(f"sqlite / memory throughput:  {sqlite_run.rate / memory_run.rate:.2f}")
     print(f"sqlite / naive throughput:   {sqlite_run.rate / naive.rate:.1f}x")
+    print(f"group commit / batch_max=1:  {sqlite_run.rate / ungrouped.rate:.1f}x (one run)")
     print()
     print("with synchronous=full (an fsync per commit; one run each):")
     for run in (full_run, naive_full):

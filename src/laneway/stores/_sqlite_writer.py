@@ -398,18 +398,23 @@ class Writer:
         return [(True, v) for v in values]
 
     def _rollback(self) -> None:
-        """Undo the transaction and forget what it changed in memory."""
+        """Undo the transaction and forget what it changed in memory (the caches
+        refill from the database on demand)."""
         if self.conn.in_transaction:
             try:
                 self.conn.execute("ROLLBACK")
             except sqlite3.Error:
                 log.exception("store.rollback_failed")
-        self.load()
+        self._live.clear()
+        self._dirty.clear()
+        self._events.clear()
+        self._seqs.clear()
+        self._num = self.conn.execute("SELECT coalesce(max(num), 0) FROM jobs").fetchone()[0]
 
     # -- helpers (writer thread) ---------------------------------------------------
 
     def load(self) -> list[JobInfo]:
-        """Read every unfinished job into the live table; returns them in acceptance order."""
+        """Every unfinished job, in acceptance order; resets the in-memory caches."""
         conn = self.conn
         # Sorting here is cheaper than SQLite's temporary b-tree for ORDER BY.
         rows = conn.execute(
