@@ -96,6 +96,8 @@ class HandlerSpec:
     limits: Limits
     retry: Retry
     isolation: Literal["task", "process"]
+    #: (deadline, idle, queue_wait, cancel_grace) resolved once; None = disabled.
+    resolved: tuple[float | None, float | None, float | None, float] = (None, None, None, 0.0)
 
 
 def _resolved(limits: Limits) -> tuple[float | None, float | None, float | None, float]:
@@ -143,7 +145,7 @@ class _Job:
         self.handler = spec.name
         self.spec = spec
         self.lanes = spec.lanes
-        self.limits = _resolved(spec.limits)
+        self.limits = spec.resolved
         self.payload = payload
         self.order = order
         self.state = JobState.QUEUED
@@ -357,13 +359,15 @@ class Laneway:
                 raise ConfigError(f"handler {name!r} must be an async function")
             if isolation == "process":
                 self._prepare_process_handler(name, fn)
+            merged = (limits or Limits()).merged(self.limits)
             self._handlers[name] = HandlerSpec(
                 name=name,
                 fn=fn,
                 lanes=wanted,
-                limits=(limits or Limits()).merged(self.limits),
+                limits=merged,
                 retry=retry or self.retry,
                 isolation=isolation,
+                resolved=_resolved(merged),
             )
             return fn
 
@@ -587,8 +591,9 @@ class Laneway:
         else:
             del self._admitting[session]
 
-    def _enqueue(self, job: _Job) -> None:
-        now = self._loop_time()
+    def _enqueue(self, job: _Job, now: float | None = None) -> None:
+        if now is None:
+            now = self._loop_time()
         job.enqueued_at = now
         job.state = JobState.QUEUED
         self._jobs[job.id] = job
@@ -977,6 +982,7 @@ class Laneway:
 
     def _recover(self, unfinished: list[JobInfo]) -> None:
         """Re-queue what the last owner left: running attempts were lost."""
+        now = self._loop_time()
         for info in unfinished:
             spec = self._handlers.get(info.handler)
             if spec is None:
@@ -996,7 +1002,7 @@ class Laneway:
             job.attempts, job.lost = info.attempts, info.lost
             if info.state is JobState.RUNNING and not self._recover_lost(job, info):
                 continue
-            self._enqueue(job)
+            self._enqueue(job, now)
 
     def _recover_lost(self, job: _Job, info: JobInfo) -> bool:
         """Decide a job whose attempt was in flight at the crash; True to re-queue it."""
