@@ -1,0 +1,1 @@
+"""Model handlers the gateway can serve: ``demo`` (built in) and ``openai``."""
