@@ -321,21 +321,17 @@ def demo(
         def advance(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        report = asyncio.run(run_chaos(sessions, messages, seed, advance))
+        report = asyncio.run(
+            run_chaos(sessions=sessions, messages=messages, seed=seed, progress=advance)
+        )
     out.print(_report_view(report))
-    raise typer.Exit(0 if getattr(report, "ok", True) else 1)
+    raise typer.Exit(0 if report.ok else 1)
 
 
-def _report_view(report: Any) -> Any:
-    if hasattr(report, "__rich__") or hasattr(report, "__rich_console__"):
-        return report
-    import dataclasses
-
+def _report_view(report: Any) -> Table:
     table = Table(title="laneway demo", title_justify="left")
     table.add_column("what")
     table.add_column("value", justify="right")
-    is_record = dataclasses.is_dataclass(report) and not isinstance(report, type)
-    fields = dataclasses.asdict(report) if is_record else vars(report)
-    for name, value in fields.items():
-        table.add_row(name.replace("_", " "), str(value))
+    for label, value in report.rows():
+        table.add_row(label, value)
     return table

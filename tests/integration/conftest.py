@@ -6,6 +6,7 @@ address it bound, which the fixture reads, then waits for ``/readyz``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
@@ -86,8 +87,8 @@ class LiveServer:
 def start_server(
     *args: str, tokens: dict[str, str] | None = None, cwd: Path | None = None, **env: str
 ) -> LiveServer:
-    """Start ``laneway serve`` and wait until it is ready."""
-    full_env = laneway_env(**{**BASE_ENV, **env})
+    """Start ``laneway serve`` and wait until it is ready (``NAME=""`` unsets a base setting)."""
+    full_env = laneway_env(**{k: v for k, v in {**BASE_ENV, **env}.items() if v})
     if tokens:
         full_env["LANEWAY_TOKENS"] = ",".join(f"{k}:{v}" for k, v in tokens.items())
     proc = subprocess.Popen(
@@ -151,7 +152,18 @@ def _wait_ready(server: LiveServer) -> None:
     raise RuntimeError("laneway serve never became ready")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
+def _no_implicit_event_loop() -> None:
+    """Mark the main thread's loop as explicitly unset.
+
+    Otherwise the first async test after a sync one makes pytest-asyncio call
+    ``asyncio.get_event_loop()``, which creates a loop nobody closes (a
+    ResourceWarning, an error under ``filterwarnings = error``).
+    """
+    asyncio.set_event_loop(None)
+
+
+@pytest.fixture(scope="session")
 def server() -> Iterator[LiveServer]:
     """A tokenless gateway serving the demo model on memory://."""
     srv = start_server()
@@ -162,7 +174,7 @@ def server() -> Iterator[LiveServer]:
 TOKENS = {"alice": "alice-secret-1", "bob": "bob-secret-22"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def token_server() -> Iterator[LiveServer]:
     srv = start_server(tokens=TOKENS)
     yield srv

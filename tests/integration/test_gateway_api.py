@@ -27,13 +27,13 @@ def test_message_is_accepted_and_streamed_to_completion(server: LiveServer) -> N
     assert kinds[:2] == ["job.queued", "job.started"]
     assert kinds[-2:] == ["message", "job.succeeded"]
     assert set(kinds[2:-2]) == {"delta"}
-    assert "".join(e["data"]["text"] for e in events if e["kind"] == "delta") == (
-        "hello from the test"
-    )
+    reply = events[-2]["data"]["text"]
+    assert "hello from the test" in reply
+    assert "".join(e["data"]["text"] for e in events if e["kind"] == "delta").strip() == reply
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert all(e["sse_id"] == str(e["seq"]) and e["sse_event"] == e["kind"] for e in events)
     assert sum(is_terminal(e) for e in events) == 1
-    assert events[-1]["data"]["result"] == "hello from the test"
+    assert events[-1]["data"]["result"] == reply
 
 
 def test_sse_replays_after_a_seq_and_from_last_event_id(server: LiveServer) -> None:
@@ -71,7 +71,7 @@ def test_stop_ends_a_hung_turn_and_the_next_message_runs(server: LiveServer) -> 
         assert resp.status_code == 200
         assert resp.json() == {"session": s, "cancelled": [hung], "dropped": []}
         assert client.get(f"/v1/jobs/{hung}").json()["state"] == "cancelled"
-        assert wait_state(client, nxt, "succeeded")["result"] == "after the hang"
+        assert "after the hang" in wait_state(client, nxt, "succeeded")["result"]
 
 
 def test_stop_with_drop_queued_cancels_the_queue(server: LiveServer) -> None:
@@ -91,7 +91,7 @@ def test_failed_job_is_listed_and_can_be_requeued(server: LiveServer) -> None:
     with server.client() as client:
         job = post(client, s, "/crash").json()["job_id"]
         info = wait_state(client, job, "failed")
-        assert info["reason"] == "RuntimeError"
+        assert info["reason"] == "DemoCrash"
         assert info["session"] == s
         failed = client.get("/v1/jobs", params={"state": "failed", "session": s}).json()
         assert [j["id"] for j in failed["jobs"]] == [job]

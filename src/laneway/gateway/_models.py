@@ -35,12 +35,14 @@ def _register_openai(lw: Laneway, settings: Settings) -> str:
     )
 
     key = settings.openai_api_key
+    assert settings.openai_model, "checked by Settings"
     register_openai(
         lw,
         name="openai",
         base_url=settings.openai_base_url,
         model=settings.openai_model,
         api_key=key.get_secret_value() if key is not None else None,
+        lanes=("llm",),
     )
     return "openai"
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from .._errors import LanewayError
@@ -247,8 +247,13 @@ async def websocket(ws: WebSocket) -> None:
     gw: Gateway = ws.app.state.gateway
     try:
         who = principal_for(gw.secrets, _ws_secret(ws))
-    except ApiError:
-        await ws.close(code=1008, reason="missing or unknown bearer token")
+    except ApiError as exc:
+        denial = JSONResponse(error_body(exc.code, exc.message), exc.status, headers=exc.headers)
+        if "websocket.http.response" in ws.scope.get("extensions", {}):
+            await ws.send_denial_response(denial)
+        else:  # the server cannot answer the handshake with a body: refuse after accepting
+            await ws.accept()
+            await ws.close(code=1008, reason=exc.message)
         return
     await ws.accept()
     conn = _WsConnection(gw, ws, who)

@@ -15,7 +15,11 @@ from .. import testing
 from .._core._context import TurnContext
 from .._core._runtime import Laneway
 
-__all__ = ["register_demo"]
+__all__ = ["DemoCrash", "register_demo"]
+
+
+class DemoCrash(RuntimeError):
+    """Raised by ``/crash``."""
 
 
 async def _words(words: list[str], delay: float, stall_after: int | None) -> AsyncIterator[str]:
@@ -40,7 +44,7 @@ async def _reply(ctx: TurnContext, text: str) -> str:
     if command == "/hang":
         await testing.hang()
     elif command == "/crash":
-        raise RuntimeError("the demo model crashed on purpose (/crash)")
+        raise DemoCrash("the demo model crashed on purpose (/crash)")
     elif command == "/block":
         testing.block_loop(_number(arg, 1.0))
     elif command == "/stall":
