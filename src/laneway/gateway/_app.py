@@ -31,7 +31,8 @@ class Gateway:
         self.metrics = Metrics()
         self.handler = ""
         self.closing = asyncio.Event()
-        self.streams: set[asyncio.Task[None]] = set()
+        self.streams: set[asyncio.Task[None]] = set()  # WebSocket subscriptions
+        self.waits: set[asyncio.Timeout] = set()  # SSE streams waiting for an event
         self._lw: Laneway | None = None
         self._seen_blocks = 0
         self._last_block = -1e18
@@ -66,6 +67,9 @@ class Gateway:
         self.closing.set()
         for task in list(self.streams):
             task.cancel()
+        loop = asyncio.get_running_loop()
+        for waiting in list(self.waits):
+            waiting.reschedule(loop.time())
 
     async def close(self) -> None:
         self.begin_shutdown()

@@ -71,6 +71,12 @@ def principal_for(secrets: dict[str, str], presented: str | None) -> Principal:
     )
 
 
+def bearer_secret(authorization: str | None) -> str | None:
+    """The secret of an ``Authorization: Bearer <secret>`` header, if that is what it is."""
+    scheme, _, secret = (authorization or "").partition(" ")
+    return secret.strip() or None if scheme.lower() == "bearer" else None
+
+
 async def authenticate(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],

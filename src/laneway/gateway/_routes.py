@@ -7,14 +7,15 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .._errors import LanewayError, UnknownHandler
 from .._types import JobInfo, JobState, Snapshot
 from ._app import Gateway
-from ._auth import SESSION_PATTERN, Caller, Principal
+from ._auth import SESSION_PATTERN, Caller, Principal, bearer_secret, principal_for
 from ._errors import ApiError, error_body
 
 __all__ = ["router"]
@@ -149,17 +150,39 @@ async def submit(gw: Gateway, who: Principal, session: str, body: MessageIn) -> 
     return Accepted(job_id=job.id, session=session, state=state)
 
 
+_MESSAGE_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": MessageIn.model_json_schema()}},
+}
+
+
+async def read_message(request: Request) -> MessageIn:
+    """The body as a ``MessageIn``; a bad one raises the usual 422."""
+    try:
+        return MessageIn.model_validate_json(await request.body())
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
+# The hot path: auth and body are read directly rather than through dependencies
+# (a third of the request's cost at 1,000 messages/s); the schema is declared by hand.
 @router.post(
     "/v1/sessions/{session}/messages",
     status_code=202,
     tags=["sessions"],
+    response_model=Accepted,
     responses={**_ERRORS, 429: {"description": "overloaded; see Retry-After"}},
+    openapi_extra={"requestBody": _MESSAGE_BODY, "security": [{"HTTPBearer": []}]},
 )
-async def post_message(
-    request: Request, session: SessionKey, body: MessageIn, who: Caller
-) -> Accepted:
+async def post_message(request: Request, session: SessionKey) -> JSONResponse:
     """Queue a message for the session; answers once the job is committed."""
-    return await submit(gateway_of(request), who, session, body)
+    gw = gateway_of(request)
+    who = principal_for(gw.secrets, bearer_secret(request.headers.get("authorization")))
+    accepted = await submit(gw, who, session, await read_message(request))
+    return JSONResponse(
+        {"job_id": accepted.job_id, "session": session, "state": accepted.state.value}, 202
+    )
 
 
 @router.post("/v1/sessions/{session}/stop", tags=["sessions"], responses=_ERRORS)

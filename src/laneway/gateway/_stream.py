@@ -12,25 +12,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
+from pydantic_core import to_json
 
 from .._errors import LanewayError
 from .._types import Event
 from ._app import Gateway
-from ._auth import Caller, Principal, principal_for
+from ._auth import Caller, Principal, bearer_secret, principal_for
 from ._errors import ApiError, as_api_error, error_body
 from ._routes import MessageIn, SessionKey, submit
 
 __all__ = ["stream_router"]
 
 stream_router = APIRouter()
-
-_DONE = object()
 
 
 def event_dict(event: Event, who: Principal) -> dict[str, Any]:
@@ -45,48 +44,40 @@ def event_dict(event: Event, who: Principal) -> dict[str, Any]:
 
 
 def _sse(event: Event, who: Principal) -> bytes:
-    data = json.dumps(event_dict(event, who), separators=(",", ":"))
-    return f"id: {event.seq}\nevent: {event.kind}\ndata: {data}\n\n".encode()
-
-
-def _start_reader(
-    gw: Gateway, key: str, after: int
-) -> tuple[asyncio.Task[None], asyncio.Queue[Any]]:
-    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=256)
-
-    async def read() -> None:
-        try:
-            async for event in gw.lw.events(key, after=after):
-                await queue.put(event)
-        finally:
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(_DONE)
-
-    task = asyncio.get_running_loop().create_task(read())
-    gw.streams.add(task)
-    task.add_done_callback(gw.streams.discard)
-    return task, queue
+    data = to_json(event_dict(event, who))  # compact; event data is JSON by contract
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.kind.encode(), data)
 
 
 async def _sse_body(gw: Gateway, who: Principal, key: str, after: int) -> AsyncIterator[bytes]:
-    reader, queue = _start_reader(gw, key, after)
+    """The stream: events as they commit, a ``: ping`` comment after each idle heartbeat.
+
+    An idle wait is cut by the heartbeat timeout, which also ends the runtime's
+    event iterator; the next one resumes after the last seq sent, so nothing is
+    skipped or repeated (and a busy stream pays for no extra task or queue).
+    """
     heartbeat = gw.settings.heartbeat
-    try:
-        yield b"retry: 1000\n\n"
-        while True:
-            try:
-                async with asyncio.timeout(heartbeat):
-                    item = await queue.get()
-            except TimeoutError:
-                if reader.done() and queue.empty():
-                    return
-                yield b": ping\n\n"
-                continue
-            if item is _DONE:
+    last = after
+    yield b"retry: 1000\n\n"
+    while True:
+        events = cast(AsyncGenerator[Event, None], gw.lw.events(key, after=last))
+        try:
+            while True:
+                async with asyncio.timeout(heartbeat) as waiting:
+                    gw.waits.add(waiting)  # shutdown expires it at once
+                    try:
+                        event = await anext(events)
+                    finally:
+                        gw.waits.discard(waiting)
+                last = event.seq
+                yield _sse(event, who)
+        except TimeoutError:
+            if gw.closing.is_set():
                 return
-            yield _sse(item, who)
-    finally:
-        reader.cancel()
+            yield b": ping\n\n"
+        except StopAsyncIteration:  # the runtime closed
+            return
+        finally:
+            await events.aclose()
 
 
 def _resume_point(after: int, last_event_id: str | None) -> int:
@@ -233,11 +224,8 @@ class _WsConnection:
 
 
 def _ws_secret(ws: WebSocket) -> str | None:
-    auth = ws.headers.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() == "bearer" and token:
-        return token.strip()
-    return ws.query_params.get("token")  # browsers cannot set headers on a WebSocket
+    # Browsers cannot set headers on a WebSocket: they may pass ?token= instead.
+    return bearer_secret(ws.headers.get("authorization")) or ws.query_params.get("token")
 
 
 @stream_router.websocket("/v1/ws")
