@@ -313,7 +313,9 @@ def demo(
 
     try:
         from ._chaos import run_chaos  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name != "laneway._chaos":
+            raise
         _fail("laneway demo is not available in this build (laneway._chaos is missing)")
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task("chaos", total=messages)

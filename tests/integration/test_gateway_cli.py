@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from .conftest import TOKENS, LiveServer, laneway_env, run_cli, session_name, wait_state
 
 
@@ -62,3 +64,12 @@ def test_unreachable_server_is_a_clear_error() -> None:
     done = run_cli("status", "--url", "http://127.0.0.1:9")
     assert done.returncode == 1
     assert "cannot reach laneway at http://127.0.0.1:9" in done.stderr
+
+
+@pytest.mark.slow
+def test_demo_small_run_exits_0_with_its_table() -> None:
+    pytest.importorskip("laneway._chaos", reason="the chaos run ships with the models")
+    done = run_cli("demo", "--sessions", "20", "--messages", "100", "--seed", "1", timeout=55)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "lost (must be 0)" in done.stdout
+    assert "held" in done.stdout

@@ -45,7 +45,12 @@ def event_dict(event: Event, who: Principal) -> dict[str, Any]:
 
 def _sse(event: Event, who: Principal) -> bytes:
     data = to_json(event_dict(event, who))  # compact; event data is JSON by contract
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.kind.encode(), data)
+    kind = (
+        event.kind
+        if event.kind.isprintable()
+        else "".join(c if c.isprintable() else "_" for c in event.kind)
+    )  # a line break in a kind would end the SSE field early
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, kind.encode(), data)
 
 
 async def _sse_body(gw: Gateway, who: Principal, key: str, after: int) -> AsyncIterator[bytes]:
