@@ -8,11 +8,15 @@ dropped; the reader then re-reads the gap from the store, so nothing is lost.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
+from collections.abc import Callable
 
 from .._types import Event
 
 __all__ = ["EventBus", "Subscription"]
+
+log = logging.getLogger("laneway.events")
 
 
 class Subscription:
@@ -64,6 +68,7 @@ class EventBus:
     def __init__(self, maxsize: int = 10_000) -> None:
         self.maxsize = maxsize
         self._subs: dict[str, set[Subscription]] = {}
+        self.listeners: list[Callable[[Event], None]] = []
 
     def subscribe(self, session: str) -> Subscription:
         sub = Subscription(self, session, self.maxsize)
@@ -78,6 +83,11 @@ class EventBus:
                 del self._subs[sub.session]
 
     def publish(self, event: Event) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("events.listener_failed")
         subs = self._subs.get(event.session)
         if subs:
             for sub in tuple(subs):

@@ -1179,6 +1179,12 @@ class Laneway:
         finally:
             sub.unsubscribe()
 
+    def add_listener(self, fn: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``fn(event)`` on the loop for every committed event of every session
+        (metrics, audit logs). It must be quick and not block. Returns a remover."""
+        self._bus.listeners.append(fn)
+        return lambda: self._bus.listeners.remove(fn)
+
     async def _history(self, att: Attempt, limit: int) -> list[Event]:
         return await self.store.history(att.job.session, before=att.start_seq, limit=limit)
 

@@ -1,0 +1,57 @@
+"""Which model handler the gateway serves: the one place that wires settings to handlers.
+
+``demo`` and ``openai`` live in ``laneway.handlers`` and are imported lazily,
+so the OpenAI SDK is only loaded when that model is chosen. ``echo`` answers
+at once with the text it got (smoke tests, gateway benchmarks).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._core._context import TurnContext
+from .._core._runtime import Laneway
+from .settings import Settings
+
+__all__ = ["register_model"]
+
+
+def register_model(lw: Laneway, settings: Settings) -> str:
+    """Register the configured model on ``lw``; return its handler name."""
+    if settings.model == "demo":
+        from ..handlers.demo import register_demo
+
+        register_demo(lw, name="demo")
+        return "demo"
+    if settings.model == "openai":
+        return _register_openai(lw, settings)
+    _register_echo(lw)
+    return "echo"
+
+
+def _register_openai(lw: Laneway, settings: Settings) -> str:
+    from ..handlers.openai import (  # type: ignore[import-not-found,unused-ignore]
+        register_openai,
+    )
+
+    key = settings.openai_api_key
+    assert settings.openai_model, "checked by Settings"
+    register_openai(
+        lw,
+        name="openai",
+        base_url=settings.openai_base_url,
+        model=settings.openai_model,
+        api_key=key.get_secret_value() if key is not None else None,
+        lanes=("llm",),
+    )
+    return "openai"
+
+
+def _register_echo(lw: Laneway) -> None:
+    lanes = ("llm",) if "llm" in lw.lanes else ()
+
+    @lw.handler("echo", lanes=lanes)
+    async def echo(ctx: TurnContext, payload: Any) -> str:
+        text = payload.get("text", "") if isinstance(payload, dict) else str(payload)
+        await ctx.emit("message", {"role": "assistant", "text": text})
+        return str(text)

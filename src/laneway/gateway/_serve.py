@@ -1,0 +1,83 @@
+"""Run the gateway under uvicorn: settings checked and the store opened before binding."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import socket
+import sys
+from typing import Any
+
+import uvicorn
+
+from ._app import Gateway, create_app
+from .settings import Settings
+
+__all__ = ["serve"]
+
+EXIT_BAD_CONFIG = 2
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling where it listens and ending event streams on shutdown."""
+
+    def __init__(self, config: uvicorn.Config, gateway: Gateway, settings: Settings) -> None:
+        super().__init__(config)
+        self.gateway = gateway
+        self.settings = settings
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.started:
+            return
+        # Everything loaded so far lives as long as the process: keep it out of
+        # the collector so full collections stay short under load (p99 latency).
+        gc.collect()
+        gc.freeze()
+        host, port = self._bound()
+        print(
+            f"laneway listening on http://{host}:{port} "
+            f"(model {self.settings.model}, store {self.settings.store}"
+            f"{', tokens required' if self.settings.tokens else ''})",
+            flush=True,
+        )
+
+    def _bound(self) -> tuple[str, int]:
+        for server in self.servers:
+            for sock in server.sockets:
+                addr: Any = sock.getsockname()
+                return self.settings.host, int(addr[1])
+        return self.settings.host, self.settings.port
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.gateway.begin_shutdown()
+        await super().shutdown(sockets)
+
+
+def serve(settings: Settings) -> int:
+    """Serve until interrupted; returns the process exit code."""
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    app = create_app(settings)
+    gateway: Gateway = app.state.gateway
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
+    server = _Server(config, gateway, settings)
+    server.run()
+    if not server.started:
+        why = gateway.startup_error
+        detail = f"{type(why).__name__}: {why}" if why is not None else "see the log above"
+        print(f"laneway: could not start: {detail}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    return 0
