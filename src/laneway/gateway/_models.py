@@ -11,6 +11,7 @@ from typing import Any
 
 from .._core._context import TurnContext
 from .._core._runtime import Laneway
+from .._types import Limits
 from .settings import Settings
 
 __all__ = ["register_model"]
@@ -19,14 +20,28 @@ __all__ = ["register_model"]
 def register_model(lw: Laneway, settings: Settings) -> str:
     """Register the configured model on ``lw``; return its handler name."""
     if settings.model == "demo":
-        from ..handlers.demo import register_demo
-
-        register_demo(lw, name="demo")
+        _register_demo(lw, settings)
         return "demo"
     if settings.model == "openai":
         return _register_openai(lw, settings)
     _register_echo(lw)
     return "echo"
+
+
+#: The demo's own limits, so a newcomer sees /stall and /hang recover in seconds
+#: rather than after the production defaults; explicit settings still win.
+DEMO_LIMITS = {"deadline": 120.0, "idle": 15.0}
+
+
+def _register_demo(lw: Laneway, settings: Settings) -> None:
+    from ..handlers.demo import register_demo
+
+    chosen = {k: v for k, v in DEMO_LIMITS.items() if k not in settings.model_fields_set}
+    limits = Limits(**chosen) if chosen else None
+    lanes = ("llm",) if "llm" in lw.lanes else ()
+    register_demo(lw, name="demo", lanes=lanes, limits=limits)
+    # The same model in a worker process: /block N there cannot touch other sessions.
+    register_demo(lw, name="demo-isolated", isolation="process", lanes=lanes, limits=limits)
 
 
 def _register_openai(lw: Laneway, settings: Settings) -> str:

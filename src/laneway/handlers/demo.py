@@ -30,6 +30,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from .._errors import InvalidPayload
+from .._types import Limits
 from ..testing import block_loop, hang, model_stream
 
 if TYPE_CHECKING:
@@ -71,10 +72,19 @@ class DemoCrash(RuntimeError):
 
 
 def register_demo(
-    lw: Laneway, *, name: str = "demo", isolation: Literal["task", "process"] = "task"
+    lw: Laneway,
+    *,
+    name: str = "demo",
+    isolation: Literal["task", "process"] = "task",
+    lanes: tuple[str, ...] = (),
+    limits: Limits | None = None,
 ) -> None:
-    """Register the demo model on ``lw`` as handler ``name``."""
-    lw.handler(name, isolation=isolation)(demo_turn)
+    """Register the demo model on ``lw`` as handler ``name``.
+
+    With ``isolation="process"`` every turn runs in a worker process, so
+    ``/block N`` blocks only that worker and is killed at the turn's limit.
+    """
+    lw.handler(name, isolation=isolation, lanes=lanes, limits=limits)(demo_turn)
 
 
 async def demo_turn(ctx: TurnContext, payload: dict[str, Any]) -> str:
