@@ -183,7 +183,7 @@ class LaneTableMachine(RuleBasedStateMachine):
     def drained_sessions_are_forgotten(self) -> None:
         busy = {t.session for t in self.active} | {s for s, q in self.queues.items() if q}
         assert len(self.table) == len(busy)
-        assert {key for key, _, _ in self.table.sessions()} == busy
+        assert {key for key, _, _, _ in self.table.sessions()} == busy
 
     @invariant()
     def starts_keep_submission_order_per_session(self) -> None:

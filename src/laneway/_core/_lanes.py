@@ -93,10 +93,11 @@ class LaneTable(Generic[T]):
         lane = self._sessions.get(session)
         return lane is not None and lane.held
 
-    def sessions(self) -> Iterator[tuple[str, int, list[T]]]:
-        """(key, active, queued tickets) for every remembered session lane."""
+    def sessions(self) -> Iterator[tuple[str, int, int, T | None]]:
+        """(key, active, queued count, head ticket) for every remembered session lane."""
         for key, lane in self._sessions.items():
-            yield key, lane.active, list(lane.queue)
+            queue = lane.queue
+            yield key, lane.active, len(queue), queue[0] if queue else None
 
     def blocking_lane(self, ticket: T) -> str | None:
         """Which lane keeps ``ticket`` (a queued one) from starting, if any."""

@@ -1203,6 +1203,11 @@ class Laneway:
         self._bus.publish(event)
         return event
 
+    def loop_health(self) -> tuple[float, int]:
+        """``(loop_lag, loop_blocks)`` as in ``snapshot()``, without walking the lanes."""
+        wd = self._watchdog
+        return (max(wd.lag, wd.blocked_for), wd.blocks) if wd else (0.0, 0)
+
     def snapshot(self) -> Snapshot:
         """Lanes, queue depths, zombies and loop health, right now."""
         now = self._loop_time() if self._loop is not None else 0.0
@@ -1214,17 +1219,15 @@ class Laneway:
                     oldest_active[name] = age
         oldest_queued: dict[str, float] = {}
         lanes: list[LaneStats] = []
-        for key, active, queue in self._lanes.sessions():
+        for key, active, queued, head in self._lanes.sessions():
             name = f"session:{key}"
-            q_age = now - queue[0].enqueued_at if queue else None
-            for job in queue[:1]:
-                for lane in job.lanes:
-                    if q_age is not None and q_age > oldest_queued.get(lane, -1.0):
+            q_age = None if head is None else now - head.enqueued_at
+            if head is not None and q_age is not None:
+                for lane in head.lanes:
+                    if q_age > oldest_queued.get(lane, -1.0):
                         oldest_queued[lane] = q_age
             lanes.append(
-                LaneStats(
-                    name, self.session_limit, active, len(queue), oldest_active.get(name), q_age
-                )
+                LaneStats(name, self.session_limit, active, queued, oldest_active.get(name), q_age)
             )
         shared = [
             LaneStats(
@@ -1237,7 +1240,7 @@ class Laneway:
             )
             for name, cap in self.lanes.items()
         ]
-        wd = self._watchdog
+        loop_lag, loop_blocks = self.loop_health()
         zombies = [
             Zombie(z.job_id, z.session, z.kind, max(0.0, now - z.age_s))
             for z in self._zombies.values()
@@ -1247,8 +1250,8 @@ class Laneway:
             jobs_queued=self._lanes.total_queued,
             jobs_running=len(self._running),
             zombies=zombies,
-            loop_lag=max(wd.lag, wd.blocked_for) if wd else 0.0,
-            loop_blocks=wd.blocks if wd else 0,
+            loop_lag=loop_lag,
+            loop_blocks=loop_blocks,
         )
 
     # -- periodic work ---------------------------------------------------------

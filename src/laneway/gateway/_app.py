@@ -82,12 +82,12 @@ class Gateway:
 
     def recently_blocked(self) -> bool:
         """True while the loop is lagging or was blocked within ``unhealthy_after_block``."""
-        snap = self.lw.snapshot()
+        loop_lag, loop_blocks = self.lw.loop_health()
         now = time.monotonic()
-        if snap.loop_blocks > self._seen_blocks:
-            self._seen_blocks = snap.loop_blocks
+        if loop_blocks > self._seen_blocks:
+            self._seen_blocks = loop_blocks
             self._last_block = now
-        if snap.loop_lag >= self.settings.watchdog_threshold:
+        if loop_lag >= self.settings.watchdog_threshold:
             return True
         return now - self._last_block < self.settings.unhealthy_after_block
 

@@ -117,8 +117,7 @@ async def session_events(
     gw: Gateway = request.app.state.gateway
     start = _resume_point(after, last_event_id)
     key = who.internal(session)
-    gw.lw.snapshot()  # raises Closed if shutting down, before the stream starts
-    if gw.closing.is_set():
+    if gw.closing.is_set() or not gw.lw.running:
         raise ApiError(503, "shutting_down", "the gateway is shutting down")
     return StreamingResponse(
         _sse_body(gw, who, key, start),
