@@ -304,7 +304,10 @@ def median_result(runs: list[Result]) -> Result:
 def run_config(label: str, store: str | None, args: argparse.Namespace) -> Result:
     runs = []
     for i in range(args.repeat):
-        with server(store, args.src) as port:
+        # A fresh database per run: the streams connect without ?after=, so a
+        # reused one would also replay every earlier run's events under load.
+        url = store.replace(".db", f"-run{i}.db") if store and store.startswith("sqlite") else store
+        with server(url, args.src) as port:
             result = asyncio.run(drive(port, label, args.rate, args.duration, args.streams))
         print(
             f"  {label} run {i + 1}: {result.rate:.0f} msg/s, p50 {result.p50_ms:.1f} ms, "
