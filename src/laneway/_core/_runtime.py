@@ -113,7 +113,6 @@ class _Job:
     """A live (queued or running) job; the lane table's ticket."""
 
     __slots__ = (
-        "attempt",
         "attempts",
         "enqueued_at",
         "handler",
@@ -152,7 +151,6 @@ class _Job:
         self.attempts = 0
         self.lost = 0
         self.enqueued_at = now
-        self.attempt: Attempt | None = None
         self.queue_timer: TimerEntry | None = None
         self.retry_timer: TimerEntry | None = None
         self.waiters: list[asyncio.Future[Outcome]] = []
@@ -625,7 +623,6 @@ class Laneway:
         job.state = JobState.RUNNING
         job.attempts += 1
         att = Attempt(job, job.attempts, self._loop.time())
-        job.attempt = att
         self._running[job.id] = att
         started = self.store.start_attempt(job.id, att.number)
         att.task = self._loop.create_task(self._run(att, started))
