@@ -180,7 +180,7 @@ async def test_block_blocks_the_loop_and_the_watchdog_reports_it(
     with caplog.at_level(logging.WARNING, logger="laneway.watchdog"):
         outcome, _ = await _run(lw, "/block 0.5")
     assert outcome.state is JobState.SUCCEEDED
-    assert "blocked the event loop for 0.5 seconds" in outcome.result
+    assert "blocked my thread for 0.5 seconds" in outcome.result
     assert lw.snapshot().loop_blocks >= 1
     blocked = [r for r in caplog.records if r.getMessage().startswith("loop.blocked")]
     assert blocked

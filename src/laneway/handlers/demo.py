@@ -130,7 +130,10 @@ async def _timed(ctx: TurnContext, command: str, arg: str) -> str:
         return await _say(ctx, usage.split(), WORD_DELAY)
     if command == "/block":
         block_loop(seconds)  # on purpose: this is the event-loop block the watchdog reports
-        done = f"I blocked the event loop for {seconds:g} seconds; the watchdog logged it."
+        done = (
+            f"I blocked my thread for {seconds:g} seconds: in task mode that is the event "
+            "loop (the watchdog logged it), in a worker process only the worker."
+        )
         return await _say(ctx, done.split(), WORD_DELAY)
     steps = max(1, math.ceil(seconds / SLOW_STEP))
     words = [f"[{min(seconds, (i + 1) * SLOW_STEP):g}s]" for i in range(steps)]
