@@ -817,16 +817,25 @@ class Laneway:
             else:
                 self._terminal(att.job, JobState.SUCCEEDED, result=result)
 
-    def _may_retry(self, att: Attempt) -> bool:
-        retry = att.job.spec.retry
+    def _may_retry(self, job: _Job, output: bool, *, no_retry: bool = False) -> bool:
+        """Retry while attempts remain and, unless allowed, only if nothing was emitted."""
+        retry = job.spec.retry
         return (
-            not att.no_retry
-            and att.job.attempts < retry.max_attempts
-            and (not att.output or retry.retry_after_output)
+            not no_retry
+            and job.attempts < retry.max_attempts
+            and (not output or retry.retry_after_output)
         )
 
+    def _count_loss(self, job: _Job, output: bool, *, no_retry: bool = False) -> JobState | None:
+        """One more attempt was lost: ``dead`` at ``poison_after``, else retry (None)
+        or ``failed``."""
+        job.lost += 1
+        if job.lost >= self.poison_after:
+            return JobState.DEAD
+        return None if self._may_retry(job, output, no_retry=no_retry) else JobState.FAILED
+
     def _failed(self, att: Attempt, state: JobState, reason: str, error: str) -> None:
-        if self._may_retry(att):
+        if self._may_retry(att.job, att.output, no_retry=att.no_retry):
             delay = att.job.spec.retry.delay(att.job.attempts, random.random())
             self._retry(att, error=error, reason=reason, delay=delay, requeue=True)
         else:
@@ -835,14 +844,12 @@ class Laneway:
     def _lost(self, att: Attempt, error: str) -> None:
         """The attempt's process died under it (isolation="process"): count it as lost."""
         job = att.job
-        job.lost += 1
-        if job.lost >= self.poison_after:
-            self._terminal(job, JobState.DEAD, reason="lost", error=error, lost=True)
-        elif self._may_retry(att):
+        verdict = self._count_loss(job, att.output, no_retry=att.no_retry)
+        if verdict is None:
             delay = job.spec.retry.delay(job.attempts, random.random())
             self._retry(att, error=error, reason="lost", delay=delay, requeue=True, lost=True)
         else:
-            self._terminal(job, JobState.FAILED, reason="lost", error=error, lost=True)
+            self._terminal(job, verdict, reason="lost", error=error, lost=True)
 
     def _retry(
         self,
@@ -1003,27 +1010,24 @@ class Laneway:
 
     def _recover_lost(self, job: _Job, info: JobInfo) -> bool:
         """Decide a job whose attempt was in flight at the crash; True to re-queue it."""
-        job.lost += 1
-        retry = job.spec.retry
+        verdict = self._count_loss(job, info.output)
         log.warning(
             "job.lost: attempt %d of %s was in flight when the last owner stopped",
             job.attempts,
             job.id,
             extra={"job_id": job.id, "session": job.session, "lost": job.lost},
         )
-        if job.lost >= self.poison_after:
-            state, reason = JobState.DEAD, "lost"
-        elif job.attempts < retry.max_attempts and (not info.output or retry.retry_after_output):
+        if verdict is None:
             self.store.retry(
                 job.id, job.attempts, error="lost", reason="lost", lost=True, delay=0.0
             ).add_done_callback(self._published)
             return True
-        else:
-            state, reason = JobState.FAILED, "lost"
         self._jobs[job.id] = job
         assert self._idle is not None
         self._idle.clear()
-        self._terminal(job, state, reason=reason, error="attempt lost: the process died", lost=True)
+        self._terminal(
+            job, verdict, reason="lost", error="attempt lost: the process died", lost=True
+        )
         return False
 
     # -- control ---------------------------------------------------------------
