@@ -69,10 +69,9 @@ class TurnContext:
     async def stream(self, source: AsyncIterable[T], idle: LimitValue = UNSET) -> AsyncIterator[T]:
         """Iterate ``source``; each item is progress. ``idle`` overrides the idle
         limit while waiting for items (``None`` disables it for the stream)."""
-        att = self._att
-        restore = att.idle
+        restore = self._idle_limit()
         if idle is not UNSET:
-            self._lw._set_idle(att, None if idle is None else float(idle))
+            self._set_idle_limit(None if idle is None else float(idle))
         it = aiter(source)
         try:
             while True:
@@ -80,15 +79,21 @@ class TurnContext:
                     item = await anext(it)
                 except StopAsyncIteration:
                     return
-                att.last_progress = self._lw._loop_time()
+                self.progress()
                 yield item
         finally:
             if idle is not UNSET:
-                self._lw._set_idle(att, restore)
+                self._set_idle_limit(restore)
             aclose = getattr(it, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
+
+    def _idle_limit(self) -> float | None:
+        return self._att.idle
+
+    def _set_idle_limit(self, idle: float | None) -> None:
+        self._lw._set_idle(self._att, idle)
 
     async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking ``fn(*args)`` in the bounded thread pool.

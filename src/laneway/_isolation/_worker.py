@@ -21,14 +21,14 @@ import signal
 import socket
 import sys
 import traceback
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
 from .._core._context import TurnContext
 from .._core._proc import kill_group
 from .._errors import InvalidPayload, LanewayError
-from .._types import UNSET, Event, LimitValue, ProcessResult
+from .._types import Event, ProcessResult
 from ._wire import LINE_LIMIT, decode, encode, event_from_wire
 
 __all__ = ["WorkerContext", "main", "resolve"]
@@ -197,30 +197,12 @@ class WorkerContext(TurnContext):
         raw = await self._server.request(msg, "history request")
         return [e for e in map(event_from_wire, raw) if e is not None]
 
-    def _set_idle(self, idle: float | None) -> None:
+    def _idle_limit(self) -> float | None:
+        return self._idle
+
+    def _set_idle_limit(self, idle: float | None) -> None:
         self._idle = idle
         self._server.send(encode({"op": "idle", "value": idle}))
-
-    async def stream(self, source: AsyncIterable[T], idle: LimitValue = UNSET) -> AsyncIterator[T]:
-        restore = self._idle
-        if idle is not UNSET:
-            self._set_idle(None if idle is None else float(idle))
-        it = aiter(source)
-        try:
-            while True:
-                try:
-                    item = await anext(it)
-                except StopAsyncIteration:
-                    return
-                self._server.send(_PROGRESS)
-                yield item
-        finally:
-            if idle is not UNSET:
-                self._set_idle(restore)
-            aclose = getattr(it, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(Exception):
-                    await aclose()
 
     async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking ``fn(*args)`` in a thread of this worker (it dies with the worker)."""
