@@ -9,12 +9,13 @@ from .._errors import InvalidPayload
 
 __all__ = ["check_json"]
 
-_SCALARS = (str, int, float, bool, type(None))
+# Floats are left to json.dumps, which refuses NaN and infinities.
+_SCALARS = (str, int, bool, type(None))
 
 
 def check_json(value: Any, what: str) -> None:
     """Raise ``InvalidPayload`` unless ``value`` serialises to strict JSON."""
-    if type(value) in _SCALARS and not isinstance(value, float):
+    if type(value) in _SCALARS:
         return
     try:
         json.dumps(value, allow_nan=False)

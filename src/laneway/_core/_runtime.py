@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import Future as ConcurrentFuture
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, TypeVar
 
@@ -47,7 +47,7 @@ from .._errors import (
     UnknownJob,
     WorkerLost,
 )
-from .._isolation._config import ProcessPool
+from .._isolation import ProcessPool, prepare_handler
 from .._types import (
     DEFAULT_LIMITS,
     TERMINAL_STATES,
@@ -96,8 +96,11 @@ class HandlerSpec:
     limits: Limits
     retry: Retry
     isolation: Literal["task", "process"]
-    #: (deadline, idle, queue_wait, cancel_grace) resolved once; None = disabled.
-    resolved: tuple[float | None, float | None, float | None, float] = (None, None, None, 0.0)
+    #: (deadline, idle, queue_wait, cancel_grace), derived from ``limits`` once; None = disabled.
+    resolved: tuple[float | None, float | None, float | None, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "resolved", _resolved(self.limits))
 
 
 def _resolved(limits: Limits) -> tuple[float | None, float | None, float | None, float]:
@@ -356,7 +359,7 @@ class Laneway:
             if not inspect.iscoroutinefunction(_unwrap(fn)):
                 raise ConfigError(f"handler {name!r} must be an async function")
             if isolation == "process":
-                self._prepare_process_handler(name, fn)
+                prepare_handler(self, name, fn)
             merged = (limits or Limits()).merged(self.limits)
             self._handlers[name] = HandlerSpec(
                 name=name,
@@ -365,7 +368,6 @@ class Laneway:
                 limits=merged,
                 retry=retry or self.retry,
                 isolation=isolation,
-                resolved=_resolved(merged),
             )
             return fn
 
@@ -391,13 +393,6 @@ class Laneway:
         if isolation not in ("task", "process"):
             raise ConfigError(f"isolation must be 'task' or 'process', got {isolation!r}")
         return wanted
-
-    def _prepare_process_handler(self, name: str, fn: Callable[..., Any]) -> None:
-        try:
-            from .._isolation import prepare_handler  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:  # pragma: no cover - shipped with the package
-            raise ConfigError("isolation='process' is not available") from None
-        prepare_handler(self, name, fn)
 
     @property
     def handlers(self) -> dict[str, HandlerSpec]:
