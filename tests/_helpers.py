@@ -1,12 +1,20 @@
-"""Small tools the core tests share: clocks, gates, start recorders, log checks."""
+"""Small tools the tests share: clocks, gates, start recorders, log checks, subprocesses."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import laneway
 from laneway import Event, JobInfo, JobState, LaneStats, Laneway, Snapshot
+
+#: The source tree under test, for subprocesses that must import this laneway.
+SRC = str(Path(laneway.__file__).parents[1])
 
 TERMINAL_KINDS = frozenset(
     {"job.succeeded", "job.failed", "job.timed_out", "job.cancelled", "job.dead"}
@@ -112,3 +120,15 @@ class Stubborn:
 
     def release(self) -> None:
         self._event().set()
+
+
+def run_python(code: str, *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter that imports laneway from ``SRC``."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": SRC},
+        check=False,
+    )

@@ -20,13 +20,11 @@ from pathlib import Path
 
 import pytest
 
-import laneway
+from .._helpers import SRC, TERMINAL_KINDS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 WORKER = Path(__file__).with_name("_worker.py")
-SRC = str(Path(laneway.__file__).parents[1])
-TERMINAL = ("job.succeeded", "job.failed", "job.timed_out", "job.cancelled", "job.dead")
 
 
 def start_worker(db: Path, log: Path, mode: str, **env: str) -> subprocess.Popen[str]:
@@ -90,7 +88,7 @@ def submitted(log_path: Path) -> dict[tuple[str, int], str]:
 def check_exactly_once(db_log: Log, jobs: dict[tuple[str, int], str]) -> None:
     for key, job_id in jobs.items():
         events = db_log.events[job_id]
-        terminal = [seq for seq, kind in events if kind in TERMINAL]
+        terminal = [seq for seq, kind in events if kind in TERMINAL_KINDS]
         assert len(terminal) == 1, f"{key} {job_id}: terminal events {terminal}"
         # Nothing of the job happened after its terminal event: a committed
         # success never ran again.
@@ -108,7 +106,7 @@ def check_session_order(db_log: Log, jobs: dict[tuple[str, int], str]) -> None:
     for session, numbered in by_session.items():
         numbered.sort()
         for (n, prev), (_, nxt) in itertools.pairwise(numbered):
-            ended = next(seq for seq, kind in db_log.events[prev] if kind in TERMINAL)
+            ended = next(seq for seq, kind in db_log.events[prev] if kind in TERMINAL_KINDS)
             began = min(seq for seq, kind in db_log.events[nxt] if kind == "job.started")
             assert ended < began, f"{session}: job {n + 1} started before job {n} ended"
 

@@ -22,9 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-import laneway
-
-SRC = str(Path(laneway.__file__).parents[1])
+from .._helpers import SRC
 
 # Fast limits so failure paths finish in well under a second of real time.
 BASE_ENV = {

@@ -24,11 +24,12 @@ from laneway.stores import open_store
 from laneway.stores._sqlite import SQLiteStore
 from laneway.stores._sqlite_schema import migrate, migrations, parse_url
 
+from .._helpers import SRC
+
 # Every test in this module is async, even those that need no loop: the
 # looptime plugin opens (and never closes) an event loop for each sync test,
 # and warnings-as-errors turns the leak into a failure of a later test.
 
-SRC = str(Path(laneway.__file__).parents[1])
 ENV = {**os.environ, "PYTHONPATH": SRC}
 SCHEMA_SQL = Path(laneway.__file__).parent / "stores" / "migrations" / "sqlite" / "schema.sql"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-import laneway
+from .._helpers import SRC
 
 pytestmark = pytest.mark.slow
 
@@ -56,11 +56,10 @@ SCRIPT = textwrap.dedent(
 def test_blocked_loop_exits_with_70_and_logs_the_blocking_stack(tmp_path: Path) -> None:
     script = tmp_path / "blocked.py"
     script.write_text(SCRIPT)
-    src = str(Path(laneway.__file__).parents[1])
     began = time.monotonic()
     proc = subprocess.run(
         [sys.executable, str(script)],
-        env={**os.environ, "PYTHONPATH": src},
+        env={**os.environ, "PYTHONPATH": SRC},
         capture_output=True,
         text=True,
         timeout=30,

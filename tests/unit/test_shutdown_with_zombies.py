@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
-import laneway
+from .._helpers import run_python
 
 SCRIPT = textwrap.dedent(
     """
@@ -34,15 +31,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_close_leaves_cancel_swallowing_zombies_behind() -> None:
-    src = str(Path(laneway.__file__).parents[1])
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"},
-        check=False,
-    )
+    proc = run_python(SCRIPT, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["timed_out", "deadline", "1", "exited"]
     assert "still running at close" in proc.stderr
