@@ -160,10 +160,14 @@ async def _memory(queued: int, sessions: int) -> tuple[float, int, int]:
         after = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
         per_job = (after - before) / queued
-        lanes_busy = len(lw._lanes)
+        lanes_busy = _session_lanes(lw)
         gate.set()
         await lw.join()
-        return per_job, lanes_busy, len(lw._lanes)
+        return per_job, lanes_busy, _session_lanes(lw)
+
+
+def _session_lanes(lw: Laneway) -> int:
+    return sum(1 for lane in lw.snapshot().lanes if lane.name.startswith("session:"))
 
 
 def memory(queued: int) -> None:

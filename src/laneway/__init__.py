@@ -14,12 +14,15 @@ from ._errors import JobCancelled as JobCancelled
 from ._errors import JobDead as JobDead
 from ._errors import JobError as JobError
 from ._errors import JobFailed as JobFailed
+from ._errors import JobNotLive as JobNotLive
 from ._errors import JobTimedOut as JobTimedOut
 from ._errors import LanewayError as LanewayError
+from ._errors import NotRequeueable as NotRequeueable
 from ._errors import Overloaded as Overloaded
 from ._errors import StoreError as StoreError
 from ._errors import UnknownHandler as UnknownHandler
 from ._errors import UnknownJob as UnknownJob
+# Importing _isolation also registers the runner of isolation="process" handlers.
 from ._isolation import ProcessPool as ProcessPool
 from ._types import Event as Event
 from ._types import JobInfo as JobInfo
@@ -28,6 +31,7 @@ from ._types import LaneStats as LaneStats
 from ._types import Limits as Limits
 from ._types import Outcome as Outcome
 from ._types import ProcessResult as ProcessResult
+from ._types import Reason as Reason
 from ._types import Retry as Retry
 from ._types import Snapshot as Snapshot
 from ._types import StopResult as StopResult
@@ -48,16 +52,19 @@ __all__ = [
     "JobError",
     "JobFailed",
     "JobInfo",
+    "JobNotLive",
     "JobState",
     "JobTimedOut",
     "LaneStats",
     "Laneway",
     "LanewayError",
     "Limits",
+    "NotRequeueable",
     "Outcome",
     "Overloaded",
     "ProcessPool",
     "ProcessResult",
+    "Reason",
     "Retry",
     "Snapshot",
     "StopResult",

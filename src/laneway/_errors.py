@@ -6,6 +6,8 @@ Every error laneway raises derives from one root::
     ├── Overloaded          a queue bound was hit; nothing accepted was lost (retry_after)
     ├── UnknownHandler      no handler is registered under that name   (also LookupError)
     ├── UnknownJob          no job has that id                          (also LookupError)
+    ├── JobNotLive          the job is neither terminal nor run by this Laneway
+    ├── NotRequeueable      requeue of a job that is not failed, timed_out or dead
     ├── InvalidPayload      payload, event data or result is not JSON    (also ValueError)
     ├── InvalidSession      empty, oversized or malformed session key    (also ValueError)
     ├── ConfigError         nonsense configuration: negative limits, zero caps (also ValueError)
@@ -39,8 +41,10 @@ __all__ = [
     "JobDead",
     "JobError",
     "JobFailed",
+    "JobNotLive",
     "JobTimedOut",
     "LanewayError",
+    "NotRequeueable",
     "Overloaded",
     "StoreError",
     "UnknownHandler",
@@ -69,6 +73,14 @@ class UnknownHandler(LanewayError, LookupError):
 
 class UnknownJob(LanewayError, LookupError):
     """No job has that id."""
+
+
+class JobNotLive(LanewayError):
+    """The job is not terminal, and this Laneway does not run it (another owner may)."""
+
+
+class NotRequeueable(LanewayError):
+    """Only failed, timed_out and dead jobs can be requeued."""
 
 
 class InvalidPayload(LanewayError, ValueError):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import enum
 import math
+import os
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from ._errors import ConfigError
 
@@ -17,9 +19,12 @@ __all__ = [
     "LaneStats",
     "Limits",
     "Outcome",
+    "ProcessPool",
     "ProcessResult",
+    "Reason",
     "Retry",
     "Snapshot",
+    "StartMethod",
     "StopResult",
     "TERMINAL_STATES",
     "Zombie",
@@ -123,6 +128,18 @@ class Retry:
         """Backoff before attempt ``attempt + 1``; ``jitter`` in [0, 1) spreads it."""
         base = min(float(self.max_backoff), float(self.backoff) * 2.0 ** max(0, attempt - 1))
         return base / 2 + base / 2 * jitter
+
+
+class Reason(enum.StrEnum):
+    """Why laneway ended or put back an attempt. ``Outcome.reason`` is one of
+    these or, for a handler that raised, the error's type name."""
+
+    DEADLINE = "deadline"
+    IDLE = "idle"
+    QUEUE_WAIT = "queue_wait"
+    STOPPED = "stopped"
+    LOST = "lost"
+    SHUTDOWN = "shutdown"
 
 
 class JobState(enum.StrEnum):
@@ -233,3 +250,73 @@ class ProcessResult:
     returncode: int
     stdout: bytes
     stderr: bytes
+
+
+StartMethod = Literal["forkserver", "spawn", "fork"]
+
+
+def _methods() -> list[str]:
+    import multiprocessing  # only when isolation is configured: it is a heavy import
+
+    return multiprocessing.get_all_start_methods()
+
+
+def _default_start_method() -> StartMethod:
+    if sys.platform.startswith("linux") and "forkserver" in _methods():
+        return "forkserver"
+    return "spawn"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessPool:
+    """Worker processes that run ``isolation="process"`` handlers.
+
+    - ``size``: how many workers (default: the CPU count). Workers start on the
+      first isolated job; the pool returns to this size after every death.
+      An isolated job that finds every worker busy waits for one *while its
+      limits run*: give such handlers a shared lane capped at ``size``
+      (``lanes={"cpu": size}``) so the waiting happens in laneway's queue.
+    - ``max_jobs``: a worker is replaced after this many jobs (``None``: never).
+    - ``max_rss_mb``: a worker whose resident memory exceeds this after a job is
+      replaced (``None``: never).
+    - ``start_method``: how workers are started (``multiprocessing`` start
+      methods); ``forkserver`` on Linux, ``spawn`` elsewhere.
+    - ``start_timeout``: seconds a new worker may take to report ready.
+
+    Each worker runs in its own session and process group; a deadline, idle
+    limit, stop or cancel kills the whole group with SIGKILL, and with it every
+    subprocess the handler started.
+    """
+
+    size: int | None = None
+    max_jobs: int | None = 1_000
+    max_rss_mb: float | None = None
+    start_method: StartMethod | None = None
+    start_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("size", "max_jobs"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConfigError(f"ProcessPool.{name} must be an int >= 1 or None, got {v!r}")
+        for name in ("max_rss_mb", "start_timeout"):
+            v = getattr(self, name)
+            if v is None and name == "max_rss_mb":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+                raise ConfigError(f"ProcessPool.{name} must be a number > 0, got {v!r}")
+        method = self.start_method
+        if method is not None and method not in _methods():
+            raise ConfigError(
+                f"ProcessPool.start_method must be one of {_methods()}, got {method!r}"
+            )
+
+    @property
+    def workers(self) -> int:
+        """The resolved pool size."""
+        return self.size if self.size is not None else (os.cpu_count() or 1)
+
+    @property
+    def method(self) -> StartMethod:
+        """The resolved start method."""
+        return self.start_method if self.start_method is not None else _default_start_method()

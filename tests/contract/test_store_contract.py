@@ -14,6 +14,7 @@ import pytest
 
 from laneway import Event, JobInfo, JobState
 from laneway.stores import Store
+from laneway.stores._base import Write
 
 from .conftest import StoreKit
 
@@ -51,7 +52,7 @@ def finish(
     attempt: int,
     state: JobState = JobState.SUCCEEDED,
     result: Any = None,
-) -> asyncio.Future[Event | None]:
+) -> Write[Event | None]:
     return store.finish(job_id, attempt, state, result=result, error=None, reason=None, lost=False)
 
 

@@ -69,7 +69,7 @@ async def first_event(lw: Laneway, session: str, kind: str, within: float = 10.0
 
 
 def runner(lw: Laneway) -> ProcessRunner:
-    r = lw._process_runner
+    r = lw.runner("process")
     assert isinstance(r, ProcessRunner)
     return r
 

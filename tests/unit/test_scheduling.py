@@ -288,10 +288,12 @@ async def test_drained_session_lanes_are_forgotten(make_laneway: MakeLaneway) ->
     await lw.start()
     for i in range(100_000):
         await lw.submit(f"user-{i}", "noop")
-    assert len(lw._lanes) > 0
+    d = lw._dispatch
+    assert d is not None
+    assert len(d.slots.queue_of("user-99999")) == 1
     await lw.join()
-    assert len(lw._lanes) == 0
+    assert not list(d.slots.sessions())
     assert [s.name for s in lw.snapshot().lanes] == ["llm"]
-    assert not lw._jobs
-    assert not lw._running
-    assert not lw._queue_index
+    assert not d.jobs
+    assert not d.running
+    assert not d.queued

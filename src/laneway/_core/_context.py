@@ -1,25 +1,56 @@
-"""TurnContext: what a handler sees of its attempt."""
+"""TurnContext: what a handler sees of its attempt, written once for every runner.
+
+The context talks to a ``TurnHost``: in task isolation the attempt itself
+(``_attempt.Attempt``), in process isolation the worker's link to its parent
+(``_isolation._worker``). ``emit``, ``progress``, ``stream``, ``run_sync``,
+``run_process`` and ``history`` are implemented here only; a host supplies
+the few primitives they stand on.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 from .._errors import InvalidPayload
 from .._types import UNSET, Event, LimitValue, ProcessResult
 from ._json import check_json
-from ._proc import kill_group
+from ._proc import ProcessHost, run_process
 
-if TYPE_CHECKING:
-    from ._runtime import Attempt, Laneway
-
-__all__ = ["TurnContext"]
+__all__ = ["TurnContext", "TurnHost"]
 
 T = TypeVar("T")
 
-_READ_CHUNK = 64 * 1024
+
+class TurnHost(ProcessHost, Protocol):
+    """The primitives behind a ``TurnContext``."""
+
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def session(self) -> str: ...
+    @property
+    def handler(self) -> str: ...
+    @property
+    def number(self) -> int: ...
+    @property
+    def payload(self) -> Any: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def cancelled(self) -> bool: ...
+    @property
+    def idle_limit(self) -> float | None: ...
+
+    def set_idle_limit(self, idle: float | None) -> None: ...
+
+    def emit_event(self, kind: str, data: Any) -> Awaitable[Event | None]: ...
+
+    def read_history(self, limit: int, before: int | None) -> Awaitable[list[Event]]: ...
+
+    def run_in_thread(self, call: Callable[[], T]) -> Awaitable[T]: ...
 
 
 class TurnContext:
@@ -30,32 +61,46 @@ class TurnContext:
     abandoned) its emits are discarded: a late writer cannot touch the log.
     """
 
-    __slots__ = ("_att", "_lw", "attempt", "handler", "job_id", "payload", "session")
+    __slots__ = ("_host",)
 
-    def __init__(self, lw: Laneway, att: Attempt) -> None:
-        self._lw = lw
-        self._att = att
-        self.job_id = att.job.id
-        self.session = att.job.session
-        self.handler = att.job.handler
-        self.attempt = att.number
-        self.payload = att.job.payload
+    def __init__(self, host: TurnHost) -> None:
+        self._host = host
 
     def __repr__(self) -> str:
         return f"<TurnContext job={self.job_id} session={self.session!r} attempt={self.attempt}>"
 
     @property
+    def job_id(self) -> str:
+        return self._host.job_id
+
+    @property
+    def session(self) -> str:
+        return self._host.session
+
+    @property
+    def handler(self) -> str:
+        return self._host.handler
+
+    @property
+    def attempt(self) -> int:
+        return self._host.number
+
+    @property
+    def payload(self) -> Any:
+        return self._host.payload
+
+    @property
     def cancelled(self) -> bool:
         """True once the attempt was told to stop (deadline, idle, stop, shutdown)."""
-        return self._att.reason is not None or self._att.ended
+        return self._host.cancelled
 
     @property
     def reason(self) -> str | None:
-        return self._att.reason
+        return self._host.reason
 
     def progress(self) -> None:
         """Record progress: resets the idle timer."""
-        self._att.last_progress = self._lw._loop_time()
+        self._host.progress()
 
     async def emit(self, kind: str, data: Any = None) -> Event | None:
         """Append an event to the session's log; returns it, or None if discarded."""
@@ -64,14 +109,15 @@ class TurnContext:
         if kind.startswith("job."):
             raise InvalidPayload(f"event kinds starting with 'job.' are reserved: {kind!r}")
         check_json(data, "event data")
-        return await self._lw._emit(self._att, kind, data)
+        return await self._host.emit_event(kind, data)
 
     async def stream(self, source: AsyncIterable[T], idle: LimitValue = UNSET) -> AsyncIterator[T]:
         """Iterate ``source``; each item is progress. ``idle`` overrides the idle
         limit while waiting for items (``None`` disables it for the stream)."""
-        restore = self._idle_limit()
+        host = self._host
+        restore = host.idle_limit
         if idle is not UNSET:
-            self._set_idle_limit(None if idle is None else float(idle))
+            host.set_idle_limit(None if idle is None else float(idle))
         it = aiter(source)
         try:
             while True:
@@ -79,32 +125,24 @@ class TurnContext:
                     item = await anext(it)
                 except StopAsyncIteration:
                     return
-                self.progress()
+                host.progress()
                 yield item
         finally:
             if idle is not UNSET:
-                self._set_idle_limit(restore)
+                host.set_idle_limit(restore)
             aclose = getattr(it, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
 
-    def _idle_limit(self) -> float | None:
-        return self._att.idle
+    async def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking ``fn(*args, **kwargs)`` in a thread.
 
-    def _set_idle_limit(self, idle: float | None) -> None:
-        self._lw._set_idle(self._att, idle)
-
-    async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking ``fn(*args)`` in the bounded thread pool.
-
-        If the attempt ends first the thread cannot be stopped: it is listed as
-        a zombie until it returns, and holds no slot.
+        In task isolation the pool is bounded (``sync_workers``); if the attempt
+        ends first the thread cannot be stopped: it is listed as a zombie until
+        it returns, and holds no slot. In a worker it dies with the worker.
         """
-        cf = self._lw._executor_submit(fn, *args)
-        self._att.threads.add(cf)
-        cf.add_done_callback(self._att.threads.discard)
-        return await asyncio.wrap_future(cf)
+        return await self._host.run_in_thread(partial(fn, *args, **kwargs))
 
     async def run_process(
         self,
@@ -118,67 +156,11 @@ class TurnContext:
         The whole group is killed (TERM, grace, KILL) when this call is
         cancelled and again when the attempt ends, however it ends.
         """
-        if not argv:
-            raise ValueError("run_process needs a program to run")
-        spawn = asyncio.ensure_future(
-            asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-            )
-        )
-        try:
-            proc = await asyncio.shield(spawn)
-        except asyncio.CancelledError:
-            # The child may already run (and have children of its own): a
-            # cancelled spawn only kills the leader, so kill its whole group
-            # once the spawn completes.
-            spawn.add_done_callback(self._kill_spawned)
-            raise
-        self._att.procs.add(proc)
-        try:
-            out, err, _ = await asyncio.gather(
-                self._drain(proc.stdout), self._drain(proc.stderr), self._feed(proc, input)
-            )
-            returncode = await proc.wait()
-        finally:
-            await kill_group(proc, self._lw._kill_grace(self._att))
-            self._att.procs.discard(proc)
-        return ProcessResult(returncode, out, err)
-
-    def _kill_spawned(self, spawn: asyncio.Future[asyncio.subprocess.Process]) -> None:
-        if not spawn.cancelled() and spawn.exception() is None:
-            self._lw._spawn(self._lw._kill_and_track(self._att, spawn.result()))
+        return await run_process(self._host, argv, input=input, cwd=cwd, env=env)
 
     async def history(self, limit: int = 50, *, before: int | None = None) -> list[Event]:
         """Up to ``limit`` earlier events of this session (before this attempt started).
 
         ``before`` pages further back: pass the ``seq`` of the oldest event
         already read to get the ones before it."""
-        if before is None:
-            return await self._lw._history(self._att, limit)
-        start = self._att.start_seq
-        before = min(before, start) if start else before
-        return await self._lw.store.history(self.session, before=before, limit=limit)
-
-    async def _drain(self, reader: asyncio.StreamReader | None) -> bytes:
-        if reader is None:
-            return b""
-        chunks: list[bytes] = []
-        while chunk := await reader.read(_READ_CHUNK):
-            chunks.append(chunk)
-            self.progress()
-        return b"".join(chunks)
-
-    @staticmethod
-    async def _feed(proc: asyncio.subprocess.Process, data: bytes | None) -> None:
-        if data is None or proc.stdin is None:
-            return
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            proc.stdin.write(data)
-            await proc.stdin.drain()
-        proc.stdin.close()
+        return await self._host.read_history(limit, before)

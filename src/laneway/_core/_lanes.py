@@ -99,6 +99,11 @@ class LaneTable(Generic[T]):
             queue = lane.queue
             yield key, lane.active, len(queue), queue[0] if queue else None
 
+    def shared_counts(self) -> Iterator[tuple[str, int, int, int]]:
+        """(name, cap, active, queued) for every shared lane."""
+        for name, cap in self.limits.items():
+            yield name, cap, self.active[name], self.queued[name]
+
     def blocking_lane(self, ticket: T) -> str | None:
         """Which lane keeps ``ticket`` (a queued one) from starting, if any."""
         lane = self._sessions.get(ticket.session)
@@ -130,6 +135,10 @@ class LaneTable(Generic[T]):
             self.queued[name] += 1
         self.total_queued += 1
         self._list(lane)
+
+    def requeue_head(self, ticket: T, *, held: bool) -> None:
+        """Put a retried ticket back at the head of its session (held: until ``unhold``)."""
+        self.enqueue(ticket, front=True, held=held)
 
     def unhold(self, session: str) -> None:
         lane = self._sessions.get(session)

@@ -4,6 +4,11 @@ Deadlines, idle checks, cancel graces, queue_wait expiries and retry backoffs
 all live here, armed with a single loop timer for the earliest one. The loop
 fires timers whatever the tasks do, so no limit depends on a task's
 cooperation or on a free slot (guarantee 6).
+
+A ``DelayLine`` is the cheap case for the commonest deadline: every item
+pushed gets the same delay, so items fall due in push order and one heap
+entry (for the line's head) serves them all. Items that no longer need the
+check are skipped when they fall due, not removed one by one.
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ import asyncio
 import heapq
 import itertools
 import logging
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-__all__ = ["TimerEntry", "Timers"]
+__all__ = ["DelayLine", "TimerEntry", "Timers"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("laneway.timers")
 
@@ -116,3 +124,59 @@ class Timers:
             self._cancelled -= 1
         if heap and not self._closed:
             self._arm(heap[0][0])
+
+
+class DelayLine(Generic[T]):
+    """Items due ``delay`` seconds after their push, in push order, on ``timers``.
+
+    ``callback(item)`` runs for each item as it falls due unless ``live(item)``
+    is false by then. ``dropped()`` tells the line an item went dead, so a line
+    full of dead items is compacted instead of growing until they fall due.
+    """
+
+    __slots__ = ("_callback", "_dead", "_entry", "_items", "_live", "_timers", "delay")
+
+    def __init__(
+        self,
+        timers: Timers,
+        delay: float,
+        callback: Callable[[T], None],
+        live: Callable[[T], bool],
+    ) -> None:
+        self._timers = timers
+        self.delay = delay
+        self._callback = callback
+        self._live = live
+        self._items: deque[tuple[float, T]] = deque()
+        self._entry: TimerEntry | None = None
+        self._dead = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def push(self, item: T, now: float) -> None:
+        due = now + self.delay
+        self._items.append((due, item))
+        if self._entry is None:
+            self._entry = self._timers.call_at(due, self._fire)
+
+    def dropped(self) -> None:
+        self._dead += 1
+        if self._dead > 256 and self._dead * 2 > len(self._items):
+            live = self._live
+            self._items = deque(e for e in self._items if live(e[1]))
+            self._dead = 0
+
+    def _fire(self) -> None:
+        self._entry = None
+        items, live = self._items, self._live
+        horizon = self._timers.now()
+        while items and items[0][0] <= horizon:
+            item = items.popleft()[1]
+            if live(item):
+                try:
+                    self._callback(item)
+                except Exception:
+                    log.exception("timer callback failed", extra={"callback": repr(self._callback)})
+        if items:
+            self._entry = self._timers.call_at(items[0][0], self._fire)

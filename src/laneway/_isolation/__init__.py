@@ -5,84 +5,34 @@ crashes its interpreter does it in a worker process, where a deadline, idle
 limit, stop or cancel kills it (and everything it started), not in the
 gateway's loop. Workers import handlers by module and qualified name, so a
 handler must be a module-level ``async def`` a fresh process can import; that
-is checked here, when the handler is registered.
+is checked when the handler is registered (``_targets``).
 
-The worker side lives in ``_worker``, the pool in ``_pool`` (imported only
-when a process handler is registered: ``multiprocessing`` is a heavy import).
+This package plugs into the core as the runner of ``isolation="process"``
+(``_core._runner.register_runner``); the core never imports it. The worker
+side lives in ``_worker``, the pool in ``_pool`` (imported only when a
+process handler is registered: ``multiprocessing`` is a heavy import).
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .._errors import ConfigError
-from ._config import ProcessPool, StartMethod
+from .._core._config import Config
+from .._core._runner import register_runner
+from .._types import ProcessPool, StartMethod
+from ._targets import importable_target
 
 if TYPE_CHECKING:
-    from .._core._runtime import Laneway
-
-__all__ = ["ProcessPool", "StartMethod", "importable_target", "prepare_handler"]
-
-
-def prepare_handler(lw: Laneway, name: str, fn: Callable[..., Any]) -> None:
-    """Check that workers can import ``fn``; register it with ``lw``'s pool."""
-    target = importable_target(name, fn)
     from ._pool import ProcessRunner
 
-    if lw._process_runner is None:
-        lw._process_runner = ProcessRunner(lw.process_pool or ProcessPool())
-    lw._process_runner.register(name, target, fn)
+__all__ = ["ProcessPool", "StartMethod", "importable_target", "process_runner"]
 
 
-def importable_target(name: str, fn: Callable[..., Any]) -> tuple[str, str]:
-    """``(module, qualname)`` by which a worker finds ``fn``, or ``ConfigError``."""
-    where = f"handler {name!r} cannot run with isolation='process'"
-    module = getattr(fn, "__module__", None)
-    qualname = getattr(fn, "__qualname__", None)
-    if not isinstance(module, str) or not isinstance(qualname, str):
-        raise ConfigError(
-            f"{where}: {fn!r} has no module and qualified name; workers import handlers "
-            "by name, so register a module-level `async def`"
-        )
-    if "<lambda>" in qualname:
-        raise ConfigError(f"{where}: it is a lambda; define it with `async def` at module level")
-    if "<locals>" in qualname:
-        raise ConfigError(
-            f"{where}: {qualname} is defined inside a function (a closure or nested "
-            "function); workers can only import module-level functions"
-        )
-    if module in ("__main__", "__mp_main__"):
-        raise ConfigError(
-            f"{where}: {qualname} is defined in the __main__ script, which a worker does "
-            "not import under that name; move it into an importable module"
-        )
-    return module, _check_reachable(where, fn, module, qualname)
+def process_runner(config: Config) -> ProcessRunner:
+    """The runner of ``isolation="process"`` handlers, for a Laneway's config."""
+    from ._pool import ProcessRunner
+
+    return ProcessRunner(config.process_pool or ProcessPool())
 
 
-def _check_reachable(where: str, fn: Callable[..., Any], module: str, qualname: str) -> str:
-    try:
-        mod = importlib.import_module(module)
-    except Exception as exc:
-        raise ConfigError(f"{where}: its module {module!r} cannot be imported: {exc}") from None
-    if getattr(mod, "__spec__", None) is None:
-        raise ConfigError(f"{where}: module {module!r} was not imported from a file or package")
-    obj: Any = mod
-    try:
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except AttributeError:
-        if getattr(mod.__spec__, "_initializing", False):
-            # Decorated while its module runs: the name is bound after this call.
-            # The pool checks the binding again before the first turn.
-            return qualname
-        raise ConfigError(
-            f"{where}: {module}.{qualname} does not exist; register a module-level function"
-        ) from None
-    if obj is not fn:
-        raise ConfigError(
-            f"{where}: {module}.{qualname} is {obj!r}, not the function being registered; "
-            "register the module-level function itself (not a bound method, partial or copy)"
-        )
-    return qualname
+register_runner("process", process_runner)

@@ -26,9 +26,11 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, cast
 
+from .._core._context import TurnContext, TurnHost
 from .._core._proc import signal_group
 from .._errors import Closed, ConfigError, WorkerLost
-from ._config import ProcessPool
+from .._types import ProcessPool
+from ._targets import importable_target
 from ._wire import decode, encode, event_to_wire
 from ._worker import main as worker_main
 from ._worker import resolve
@@ -36,8 +38,6 @@ from ._worker import resolve
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
-    from .._core._context import TurnContext
-    from .._core._runtime import Attempt, Laneway
 
 __all__ = ["HandlerError", "ProcessRunner", "sweep_session"]
 
@@ -242,19 +242,21 @@ class ProcessRunner:
         """Process ids of the workers that are up (idle or busy)."""
         return sorted(w.pid for w in self._workers if w.ready and w.usable)
 
-    def register(self, name: str, target: tuple[str, str], fn: Callable[..., Any]) -> None:
-        self._targets[name] = ([target[0], target[1]], fn)
+    def register(self, name: str, fn: Callable[..., Any]) -> None:
+        """Accept ``fn`` if a worker can import it (else ``ConfigError``)."""
+        module, qualname = importable_target(name, fn)
+        self._targets[name] = ([module, qualname], fn)
 
     # -- running a turn ----------------------------------------------------------
 
-    async def run(self, lw: Laneway, att: Attempt, ctx: TurnContext) -> Any:
+    async def run(self, turn: TurnHost, ctx: TurnContext) -> Any:
         """Run the attempt in a worker; the worker dies if this is cancelled."""
         if self._closed:
             raise Closed("the process pool is closed")
-        target = self._target(att.job.handler)
+        target = self._target(turn.handler)
         worker = await self._acquire()
         try:
-            done = await self._drive(worker, lw, att, ctx, target)
+            done = await self._drive(worker, turn, ctx, target)
         except BaseException as exc:
             self._kill(worker, "cancelled" if isinstance(exc, asyncio.CancelledError) else "error")
             raise
@@ -283,35 +285,34 @@ class ProcessRunner:
         return target
 
     async def _drive(
-        self, w: _Worker, lw: Laneway, att: Attempt, ctx: TurnContext, target: list[str]
+        self, w: _Worker, turn: TurnHost, ctx: TurnContext, target: list[str]
     ) -> dict[str, Any]:
-        job = att.job
         w.conn.send(
             {
                 "op": "run",
                 "target": target,
-                "idle": att.idle,
-                "kill_grace": lw._kill_grace(att),
+                "idle": turn.idle_limit,
+                "kill_grace": turn.kill_grace,
                 "job": {
-                    "id": job.id,
-                    "session": job.session,
-                    "handler": job.handler,
-                    "attempt": att.number,
-                    "payload": job.payload,
+                    "id": turn.job_id,
+                    "session": turn.session,
+                    "handler": turn.handler,
+                    "attempt": turn.number,
+                    "payload": turn.payload,
                 },
             }
         )
         while True:
             msg = await w.conn.get()
             if msg is None:
-                raise await self._lost(w, job.id)
+                raise await self._lost(w, turn.job_id)
             op = msg["op"]
             if op == "progress":
-                ctx.progress()
+                turn.progress()
             elif op == "done":
                 return msg
             elif op == "idle":
-                lw._set_idle(att, msg["value"])
+                turn.set_idle_limit(msg["value"])
             else:
                 await self._answer(w, ctx, msg)
 

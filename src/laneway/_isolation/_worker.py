@@ -1,10 +1,11 @@
 """The worker process: runs isolated jobs one at a time for the parent.
 
-The handler sees a ``WorkerContext``, a ``TurnContext`` whose ``emit``,
-``progress``, ``history`` and idle overrides travel to the parent, which
-applies them through the attempt's real context (so the idle timer, fencing
-and the event log behave as in task mode). ``stream`` iterates here and
-reports each item as progress; ``run_sync`` and ``run_process`` run here.
+The handler sees a ``WorkerContext``: the one ``TurnContext`` implementation
+on a worker host whose ``emit``, ``progress``, ``history`` and idle overrides
+travel to the parent, which applies them through the attempt's real context
+(so the idle timer, fencing and the event log behave as in task mode).
+``stream`` iterates here and reports each item as progress; ``run_sync`` and
+``run_process`` run here.
 
 The worker makes itself a session leader first, so its process group and
 session hold everything it starts: the parent kills them all at once.
@@ -21,14 +22,12 @@ import signal
 import socket
 import sys
 import traceback
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .._core._context import TurnContext
-from .._core._proc import kill_group
 from .._errors import InvalidPayload, LanewayError
-from .._types import Event, ProcessResult
+from .._types import Event
 from ._wire import LINE_LIMIT, decode, encode, event_from_wire
 
 __all__ = ["WorkerContext", "main", "resolve"]
@@ -141,7 +140,7 @@ class _Server:
         return fn
 
     async def _run(self, msg: dict[str, Any]) -> None:
-        ctx = WorkerContext(self, msg)
+        ctx = WorkerContext(_WorkerHost(self, msg))
         try:
             result = await self._target(msg["target"])(ctx, ctx.payload)
             line = encode({"op": "done", "ok": result, "rss": _rss_mb()}, "the handler's result")
@@ -156,19 +155,7 @@ class _Server:
 class WorkerContext(TurnContext):
     """The ``TurnContext`` of a job running in a worker process."""
 
-    __slots__ = ("_idle", "_kill_grace", "_server")
-
-    def __init__(self, server: _Server, msg: dict[str, Any]) -> None:
-        # No Laneway lives in this process: the parent applies what we send.
-        job = msg["job"]
-        self._server = server
-        self._idle: float | None = msg["idle"]
-        self._kill_grace: float = msg["kill_grace"]
-        self.job_id = job["id"]
-        self.session = job["session"]
-        self.handler = job["handler"]
-        self.attempt = job["attempt"]
-        self.payload = job["payload"]
+    __slots__ = ()
 
     def __repr__(self) -> str:
         return (
@@ -176,66 +163,65 @@ class WorkerContext(TurnContext):
             f"attempt={self.attempt} pid={os.getpid()}>"
         )
 
-    @property
-    def cancelled(self) -> bool:
-        # A worker is killed, never told: while this code runs, it is not cancelled.
-        return False
+
+class _WorkerHost:
+    """A turn's ``TurnHost`` in a worker: requests travel to the parent, which
+    applies them through the attempt's real context (idle timer, fencing, log)."""
+
+    __slots__ = (
+        "_idle",
+        "_server",
+        "handler",
+        "job_id",
+        "kill_grace",
+        "number",
+        "payload",
+        "session",
+    )
+
+    #: A worker is killed, never told: while this code runs, it is not cancelled.
+    cancelled = False
+    reason = None
+    #: Children stay in the worker's session (the parent kills it whole), each in its own group.
+    own_session = False
+
+    def __init__(self, server: _Server, msg: dict[str, Any]) -> None:
+        job = msg["job"]
+        self._server = server
+        self._idle: float | None = msg["idle"]
+        self.kill_grace: float = msg["kill_grace"]
+        self.job_id: str = job["id"]
+        self.session: str = job["session"]
+        self.handler: str = job["handler"]
+        self.number: int = job["attempt"]
+        self.payload: Any = job["payload"]
 
     @property
-    def reason(self) -> str | None:
-        return None
+    def idle_limit(self) -> float | None:
+        return self._idle
+
+    def set_idle_limit(self, idle: float | None) -> None:
+        self._idle = idle
+        self._server.send(encode({"op": "idle", "value": idle}))
 
     def progress(self) -> None:
         self._server.send(_PROGRESS)
 
-    async def emit(self, kind: str, data: Any = None) -> Event | None:
+    async def emit_event(self, kind: str, data: Any) -> Event | None:
         raw = await self._server.request({"op": "emit", "kind": kind, "data": data}, "event data")
         return event_from_wire(raw)
 
-    async def history(self, limit: int = 50, *, before: int | None = None) -> list[Event]:
+    async def read_history(self, limit: int, before: int | None) -> list[Event]:
         msg = {"op": "history", "limit": limit, "before": before}
         raw = await self._server.request(msg, "history request")
         return [e for e in map(event_from_wire, raw) if e is not None]
 
-    def _idle_limit(self) -> float | None:
-        return self._idle
+    def run_in_thread(self, call: Callable[[], T]) -> Awaitable[T]:
+        """A thread of this worker (it dies with the worker)."""
+        return asyncio.get_running_loop().run_in_executor(None, call)
 
-    def _set_idle_limit(self, idle: float | None) -> None:
-        self._idle = idle
-        self._server.send(encode({"op": "idle", "value": idle}))
+    def adopt(self, proc: asyncio.subprocess.Process) -> None:
+        """Nothing to track: the parent kills this worker's whole session."""
 
-    async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking ``fn(*args)`` in a thread of this worker (it dies with the worker)."""
-        return await asyncio.get_running_loop().run_in_executor(None, partial(fn, *args))
-
-    async def run_process(
-        self,
-        *argv: str,
-        input: bytes | None = None,
-        cwd: str | None = None,
-        env: dict[str, str] | None = None,
-    ) -> ProcessResult:
-        """Run a subprocess in its own process group inside this worker's session.
-
-        The group is killed (TERM, grace, KILL) when the call ends; if the
-        worker is killed, the parent kills every process of its session.
-        """
-        if not argv:
-            raise ValueError("run_process needs a program to run")
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=cwd,
-            env=env,
-            process_group=0,
-        )
-        try:
-            out, err, _ = await asyncio.gather(
-                self._drain(proc.stdout), self._drain(proc.stderr), self._feed(proc, input)
-            )
-            returncode = await proc.wait()
-        finally:
-            await kill_group(proc, self._kill_grace)
-        return ProcessResult(returncode, out, err)
+    def release(self, proc: asyncio.subprocess.Process) -> None:
+        """See ``adopt``."""

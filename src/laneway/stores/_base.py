@@ -1,10 +1,14 @@
 """The store contract: what the runtime needs from a job store.
 
-Writes are *enqueued when called* and applied in call order; the future
-they return resolves once the write is committed (durable stores batch many
-writes into one transaction). The runtime relies on that order: a job's finish
-is always written before the next job of its session starts, so a crash
-between the two cannot reorder a session.
+Writes are *enqueued when called* and applied in call order. Each returns a
+``Write``: an ``asyncio.Future`` that resolves once the write is committed
+(durable stores batch many writes into one transaction), or a ``Committed``
+when the write was committed before the call returned (the memory store), so
+no future is made where nothing has to wait. Both can be awaited and answer
+``done()``/``result()``; the runtime reads a ``Committed`` without awaiting.
+The runtime relies on the call order: a job's finish is always written
+before the next job of its session starts, so a crash between the two
+cannot reorder a session.
 
 Fencing: every write about a running attempt names the attempt number. A
 store refuses (returns ``None``) a write whose attempt is not the job's
@@ -20,11 +24,56 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import Any, Generic, TypeAlias, TypeVar
 
 from .._types import Event, JobInfo, JobState
 
-__all__ = ["Store"]
+__all__ = ["Committed", "Store", "Write", "written"]
+
+T = TypeVar("T")
+
+
+class Committed(Generic[T]):
+    """A write that was committed before the call returned: a done, future-like value."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+    def __await__(self) -> Generator[Any, None, T]:
+        yield from ()  # a generator that returns at once
+        return self.value
+
+    def done(self) -> bool:
+        return True
+
+    def cancelled(self) -> bool:
+        return False
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
+
+    def result(self) -> T:
+        return self.value
+
+    def exception(self) -> BaseException | None:
+        return None
+
+    def add_done_callback(self, fn: Callable[[Committed[T]], object]) -> None:
+        fn(self)
+
+
+Write: TypeAlias = "asyncio.Future[T] | Committed[T]"
+
+
+async def written(write: Write[T]) -> T:
+    """The committed value of a write; a caller cancelled meanwhile leaves the write be."""
+    if type(write) is Committed:
+        return write.value
+    assert isinstance(write, asyncio.Future)
+    return write.result() if write.done() else await asyncio.shield(write)
 
 
 class Store(abc.ABC):
@@ -63,7 +112,7 @@ class Store(abc.ABC):
         payload: Any,
         priority: int,
         idempotency_key: str | None,
-    ) -> asyncio.Future[tuple[JobInfo, Event | None]]:
+    ) -> Write[tuple[JobInfo, Event | None]]:
         """Accept a job and its ``job.queued`` event.
 
         If ``idempotency_key`` was used before in this session, nothing is
@@ -71,13 +120,13 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def start_attempt(self, job_id: str, attempt: int) -> asyncio.Future[Event | None]:
+    def start_attempt(self, job_id: str, attempt: int) -> Write[Event | None]:
         """Mark the job running as attempt ``attempt``; write ``job.started``."""
 
     @abc.abstractmethod
     def append_event(
         self, session: str, job_id: str | None, kind: str, data: Any, *, attempt: int | None
-    ) -> asyncio.Future[Event | None]:
+    ) -> Write[Event | None]:
         """Append a handler event; fenced by ``attempt`` when given."""
 
     @abc.abstractmethod
@@ -90,7 +139,7 @@ class Store(abc.ABC):
         reason: str,
         lost: bool,
         delay: float,
-    ) -> asyncio.Future[Event | None]:
+    ) -> Write[Event | None]:
         """Put a running (or recovered) job back to ``queued``; write ``job.retry``."""
 
     @abc.abstractmethod
@@ -104,7 +153,7 @@ class Store(abc.ABC):
         error: str | None,
         reason: str | None,
         lost: bool,
-    ) -> asyncio.Future[Event | None]:
+    ) -> Write[Event | None]:
         """Write the terminal state and its ``job.<state>`` event, exactly once.
 
         ``attempt`` is the job's current attempt count (0 for a job that never
@@ -113,7 +162,7 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def requeue(self, job_id: str) -> asyncio.Future[tuple[JobInfo, Event] | None]:
+    def requeue(self, job_id: str) -> Write[tuple[JobInfo, Event] | None]:
         """Send a failed, timed_out or dead job back to ``queued`` (None if not allowed)."""
 
     # -- reads -----------------------------------------------------------------

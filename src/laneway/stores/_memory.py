@@ -12,7 +12,7 @@ import time
 from typing import Any, TypeVar
 
 from .._types import TERMINAL_STATES, Event, JobInfo, JobState
-from ._base import Store
+from ._base import Committed, Store, Write
 
 __all__ = ["MemoryStore", "job_event_data"]
 
@@ -121,12 +121,6 @@ class MemoryStore(Store):
 
     # -- helpers ---------------------------------------------------------------
 
-    def _done(self, value: T) -> asyncio.Future[T]:
-        loop = self._loop or asyncio.get_running_loop()
-        fut: asyncio.Future[T] = loop.create_future()
-        fut.set_result(value)
-        return fut
-
     def _append(
         self, session: str, job_id: str | None, kind: str, data: Any, now: float | None = None
     ) -> Event:
@@ -154,39 +148,39 @@ class MemoryStore(Store):
         payload: Any,
         priority: int,
         idempotency_key: str | None,
-    ) -> asyncio.Future[tuple[JobInfo, Event | None]]:
+    ) -> Write[tuple[JobInfo, Event | None]]:
         if idempotency_key is not None:
             existing = self._keys.get((session, idempotency_key))
             if existing is not None:
-                return self._done((self._jobs[existing].info(), None))
+                return Committed((self._jobs[existing].info(), None))
             self._keys[(session, idempotency_key)] = job_id
         now = time.time()
         rec = _Rec(job_id, session, handler, payload, priority, idempotency_key, now)
         self._jobs[job_id] = rec
         data = {"handler": handler, "payload": payload}
         ev = self._append(session, job_id, "job.queued", data, now)
-        return self._done((rec.info(), ev))
+        return Committed((rec.info(), ev))
 
-    def start_attempt(self, job_id: str, attempt: int) -> asyncio.Future[Event | None]:
+    def start_attempt(self, job_id: str, attempt: int) -> Write[Event | None]:
         rec = self._jobs.get(job_id)
         if rec is None or rec.state is not JobState.QUEUED or attempt != rec.attempts + 1:
-            return self._done(None)
+            return Committed(None)
         rec.state = JobState.RUNNING
         rec.attempts = attempt
         rec.output = False
         rec.updated_at = now = time.time()
         ev = self._append(rec.session, job_id, "job.started", {"attempt": attempt}, now)
-        return self._done(ev)
+        return Committed(ev)
 
     def append_event(
         self, session: str, job_id: str | None, kind: str, data: Any, *, attempt: int | None
-    ) -> asyncio.Future[Event | None]:
+    ) -> Write[Event | None]:
         if attempt is not None:
             rec = self._running(job_id, attempt) if job_id is not None else None
             if rec is None:
-                return self._done(None)
+                return Committed(None)
             rec.output = True
-        return self._done(self._append(session, job_id, kind, data))
+        return Committed(self._append(session, job_id, kind, data))
 
     def retry(
         self,
@@ -197,16 +191,16 @@ class MemoryStore(Store):
         reason: str,
         lost: bool,
         delay: float,
-    ) -> asyncio.Future[Event | None]:
+    ) -> Write[Event | None]:
         rec = self._running(job_id, attempt)
         if rec is None:
-            return self._done(None)
+            return Committed(None)
         rec.state = JobState.QUEUED
         rec.error, rec.reason = error, reason
         rec.lost += int(lost)
         rec.updated_at = time.time()
         data = {"attempt": attempt, "reason": reason, "error": error, "delay": delay}
-        return self._done(self._append(rec.session, job_id, "job.retry", data))
+        return Committed(self._append(rec.session, job_id, "job.retry", data))
 
     def finish(
         self,
@@ -218,21 +212,21 @@ class MemoryStore(Store):
         error: str | None,
         reason: str | None,
         lost: bool,
-    ) -> asyncio.Future[Event | None]:
+    ) -> Write[Event | None]:
         rec = self._jobs.get(job_id)
         if rec is None or rec.state in TERMINAL_STATES or rec.attempts != attempt:
-            return self._done(None)
+            return Committed(None)
         rec.state = state
         rec.result, rec.error, rec.reason = result, error, reason
         rec.lost += int(lost)
         rec.updated_at = now = time.time()
         data = job_event_data(state, attempts=attempt, result=result, error=error, reason=reason)
-        return self._done(self._append(rec.session, job_id, _KIND[state], data, now))
+        return Committed(self._append(rec.session, job_id, _KIND[state], data, now))
 
-    def requeue(self, job_id: str) -> asyncio.Future[tuple[JobInfo, Event] | None]:
+    def requeue(self, job_id: str) -> Write[tuple[JobInfo, Event] | None]:
         rec = self._jobs.get(job_id)
         if rec is None or rec.state not in _REQUEUEABLE:
-            return self._done(None)
+            return Committed(None)
         previous = rec.state
         rec.state = JobState.QUEUED
         rec.attempts = rec.lost = 0
@@ -244,7 +238,7 @@ class MemoryStore(Store):
             "requeued_from": previous.value,
         }
         ev = self._append(rec.session, job_id, "job.queued", data)
-        return self._done((rec.info(), ev))
+        return Committed((rec.info(), ev))
 
     # -- reads -----------------------------------------------------------------
 
