@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._core._runtime import Job, Laneway
+from . import Job, Laneway
 from ._types import Event, JobState, Limits, Outcome, Retry
 from .testing import block_loop, hang, hang_ignoring_cancel, model_stream
 

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .._core._runtime import Laneway
+from .. import Laneway
 from .._types import Event
 
 __all__ = ["Metrics"]

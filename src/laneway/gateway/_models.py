@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._core._context import TurnContext
-from .._core._runtime import Laneway
+from .. import Laneway, TurnContext
 from .._types import Limits
 from .settings import Settings
 

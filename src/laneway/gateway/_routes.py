@@ -10,13 +10,25 @@ from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from .._errors import LanewayError, UnknownHandler
+from .._errors import LanewayError, NotRequeueable, UnknownHandler
 from .._types import JobInfo, JobState, Snapshot
-from ._app import Gateway
 from ._auth import SESSION_PATTERN, Caller, Principal, bearer_secret, principal_for
 from ._errors import ApiError, error_body
+from ._gateway import Gateway
+from ._schemas import (
+    Accepted,
+    Health,
+    JobList,
+    JobOut,
+    LaneOut,
+    MessageIn,
+    SnapshotOut,
+    StopIn,
+    StopOut,
+    ZombieOut,
+)
 
 __all__ = ["router"]
 
@@ -31,82 +43,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or unknown bearer token"},
     422: {"description": "bad input: `error.code` says what"},
 }
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class MessageIn(_Strict):
-    text: str = Field(min_length=1, description="the user's message")
-    handler: str | None = Field(None, min_length=1, max_length=128)
-    idempotency_key: str | None = Field(None, min_length=1, max_length=256)
-
-
-class Accepted(BaseModel):
-    job_id: str
-    session: str
-    state: JobState
-
-
-class JobOut(BaseModel):
-    id: str
-    session: str
-    handler: str
-    state: JobState
-    attempts: int
-    reason: str | None
-    error: str | None
-    result: Any
-    payload: Any
-    priority: int
-    created_at: float
-    updated_at: float
-
-
-class JobList(BaseModel):
-    jobs: list[JobOut]
-
-
-class StopIn(_Strict):
-    drop_queued: bool = False
-
-
-class StopOut(BaseModel):
-    session: str
-    cancelled: list[str]
-    dropped: list[str]
-
-
-class LaneOut(BaseModel):
-    name: str
-    limit: int
-    active: int
-    queued: int
-    oldest_active_s: float | None
-    oldest_queued_s: float | None
-
-
-class ZombieOut(BaseModel):
-    job_id: str
-    session: str
-    kind: str
-    age_s: float
-
-
-class SnapshotOut(BaseModel):
-    lanes: list[LaneOut]
-    jobs_queued: int
-    jobs_running: int
-    zombies: list[ZombieOut]
-    loop_lag: float
-    loop_blocks: int
-
-
-class Health(BaseModel):
-    status: str
-    loop_lag: float
-    loop_blocks: int
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -242,9 +178,7 @@ async def requeue_job(request: Request, job_id: JobId, who: Caller) -> Accepted:
         raise ApiError(409, "unknown_handler", str(exc)) from None
     except LookupError:
         raise ApiError(404, "job_not_found", f"no job {job_id!r}") from None
-    except LanewayError as exc:
-        if type(exc) is not LanewayError:
-            raise
+    except NotRequeueable as exc:
         raise ApiError(409, "not_requeueable", str(exc)) from None
     return Accepted(job_id=job_id, session=who.external(info.session), state=JobState.QUEUED)
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import uvicorn
 
-from ._app import Gateway, create_app
+from ._app import create_app
+from ._gateway import Gateway
 from .settings import Settings
 
 __all__ = ["serve"]

@@ -22,10 +22,11 @@ from pydantic_core import to_json
 
 from .._errors import LanewayError
 from .._types import Event
-from ._app import Gateway
 from ._auth import Caller, Principal, bearer_secret, principal_for
 from ._errors import ApiError, as_api_error, error_body
-from ._routes import MessageIn, SessionKey, submit
+from ._gateway import Gateway
+from ._routes import SessionKey, submit
+from ._schemas import MessageIn
 
 __all__ = ["stream_router"]
 

@@ -68,7 +68,7 @@ def register_openai(
             )
         key = "unused"  # local OpenAI-compatible servers usually take any key
     client = AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0)
-    lw._closers.append(client.close)
+    lw.on_close(client.close)
     register(OpenAIModel(client, model, system_prompt, max_history).turn)
 
 

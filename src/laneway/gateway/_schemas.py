@@ -1,0 +1,98 @@
+"""The HTTP API's request and response bodies (pydantic models)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .._types import JobState
+
+__all__ = [
+    "Accepted",
+    "Health",
+    "JobList",
+    "JobOut",
+    "LaneOut",
+    "MessageIn",
+    "SnapshotOut",
+    "StopIn",
+    "StopOut",
+    "ZombieOut",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MessageIn(_Strict):
+    text: str = Field(min_length=1, description="the user's message")
+    handler: str | None = Field(None, min_length=1, max_length=128)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=256)
+
+
+class Accepted(BaseModel):
+    job_id: str
+    session: str
+    state: JobState
+
+
+class JobOut(BaseModel):
+    id: str
+    session: str
+    handler: str
+    state: JobState
+    attempts: int
+    reason: str | None
+    error: str | None
+    result: Any
+    payload: Any
+    priority: int
+    created_at: float
+    updated_at: float
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+
+
+class StopIn(_Strict):
+    drop_queued: bool = False
+
+
+class StopOut(BaseModel):
+    session: str
+    cancelled: list[str]
+    dropped: list[str]
+
+
+class LaneOut(BaseModel):
+    name: str
+    limit: int
+    active: int
+    queued: int
+    oldest_active_s: float | None
+    oldest_queued_s: float | None
+
+
+class ZombieOut(BaseModel):
+    job_id: str
+    session: str
+    kind: str
+    age_s: float
+
+
+class SnapshotOut(BaseModel):
+    lanes: list[LaneOut]
+    jobs_queued: int
+    jobs_running: int
+    zombies: list[ZombieOut]
+    loop_lag: float
+    loop_blocks: int
+
+
+class Health(BaseModel):
+    status: str
+    loop_lag: float
+    loop_blocks: int
