@@ -22,6 +22,7 @@ from ._errors import Overloaded as Overloaded
 from ._errors import StoreError as StoreError
 from ._errors import UnknownHandler as UnknownHandler
 from ._errors import UnknownJob as UnknownJob
+
 # Importing _isolation also registers the runner of isolation="process" handlers.
 from ._isolation import ProcessPool as ProcessPool
 from ._types import Event as Event

@@ -42,6 +42,14 @@ class ResolvedLimits:
     idle: float | None
     queue_wait: float | None
     cancel_grace: float
+    #: Seconds after the start when a limit can first have passed (None: never).
+    first_check: float | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        first = self.idle if self.deadline is None else self.deadline
+        if self.deadline is not None and self.idle is not None:
+            first = min(self.deadline, self.idle)
+        object.__setattr__(self, "first_check", first)
 
     @classmethod
     def of(cls, limits: Limits) -> ResolvedLimits:
@@ -56,15 +64,6 @@ class ResolvedLimits:
     def kill_grace(self) -> float:
         """TERM-to-KILL grace for the attempt's process groups: half the cancel grace."""
         return max(0.05, self.cancel_grace / 2)
-
-    @property
-    def first_check(self) -> float | None:
-        """Seconds after the start when a limit can first have passed."""
-        if self.deadline is None:
-            return self.idle
-        if self.idle is None:
-            return self.deadline
-        return min(self.deadline, self.idle)
 
 
 @dataclass(frozen=True, slots=True)

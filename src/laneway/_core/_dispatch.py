@@ -81,6 +81,7 @@ class Dispatcher:
         self.queued: dict[str, JobRecord] = {}
         self.idle = asyncio.Event()
         self.idle.set()
+        self._idle_set = True  # mirrors idle.is_set() without a call per job
         self.accepting = False
         self.discarded_events = 0
         self._admitting: dict[str, int] = {}
@@ -125,7 +126,9 @@ class Dispatcher:
         job.state = JobState.QUEUED
         self.jobs[job.id] = job
         self.queued[job.id] = job
-        self.idle.clear()
+        if self._idle_set:
+            self._idle_set = False
+            self.idle.clear()
         self.slots.enqueue(job)
         queue_wait = job.limits.queue_wait
         if queue_wait is not None:
@@ -168,7 +171,8 @@ class Dispatcher:
                 self._refused(att)
                 return
             att.start_seq = event.seq
-            self.bus.publish(event)
+            if self.bus.watched:
+                self.bus.publish(event)
             spec = att.job.spec
             result = await self.runners[spec.isolation].run(att, TurnContext(att))
         except asyncio.CancelledError:
@@ -351,7 +355,7 @@ class Dispatcher:
         result: Any,
         event: Event | None,
     ) -> None:
-        if event is not None:
+        if event is not None and self.bus.watched:
             self.bus.publish(event)
         jobs = self.jobs
         if jobs.get(job.id) is job:
@@ -364,6 +368,7 @@ class Dispatcher:
                     waiter.set_result(outcome)
             job.waiters = None
         if not jobs:
+            self._idle_set = True
             self.idle.set()
 
     def _published(self, event: Event | None) -> None:
@@ -491,6 +496,7 @@ class Dispatcher:
             _when_written(write, self._published)
             return True
         self.jobs[job.id] = job
+        self._idle_set = False
         self.idle.clear()
         self._apply(job, job.attempts, verdict, None)
         return False

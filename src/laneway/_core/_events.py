@@ -69,10 +69,23 @@ class EventBus:
         self.maxsize = maxsize
         self._subs: dict[str, set[Subscription]] = {}
         self.listeners: list[Callable[[Event], None]] = []
+        #: Anyone listening or subscribed: publishers skip ``publish()`` when not.
+        self.watched = False
+
+    def add_listener(self, fn: Callable[[Event], None]) -> Callable[[], None]:
+        self.listeners.append(fn)
+        self.watched = True
+
+        def remove() -> None:
+            self.listeners.remove(fn)
+            self._rewatch()
+
+        return remove
 
     def subscribe(self, session: str) -> Subscription:
         sub = Subscription(self, session, self.maxsize)
         self._subs.setdefault(session, set()).add(sub)
+        self.watched = True
         return sub
 
     def discard(self, sub: Subscription) -> None:
@@ -81,6 +94,10 @@ class EventBus:
             subs.discard(sub)
             if not subs:
                 del self._subs[sub.session]
+                self._rewatch()
+
+    def _rewatch(self) -> None:
+        self.watched = bool(self.listeners or self._subs)
 
     def publish(self, event: Event) -> None:
         for listener in self.listeners:
@@ -101,3 +118,4 @@ class EventBus:
             for sub in list(subs):
                 sub.close()
         self._subs.clear()
+        self._rewatch()

@@ -131,6 +131,11 @@ class LaneTable(Generic[T]):
             lane.held = held
         else:
             lane.queue.append(ticket)
+            if len(lane.queue) > 1:  # not the head: nothing to list
+                for name in ticket.lanes:
+                    self.queued[name] += 1
+                self.total_queued += 1
+                return
         for name in ticket.lanes:
             self.queued[name] += 1
         self.total_queued += 1
@@ -173,6 +178,44 @@ class LaneTable(Generic[T]):
         """Claim every slot the oldest eligible head needs, or return None."""
         if not self._maybe_ready:
             return None
+        best = self._best()
+        if best is None:
+            self._maybe_ready = False
+            return None
+        active = self.active
+        _, _, lane, ticket = heapq.heappop(best)
+        queue = lane.queue
+        queue.popleft()
+        lane.listed = None
+        lane.active += 1
+        queued = self.queued
+        for name in ticket.lanes:
+            active[name] += 1
+            queued[name] -= 1
+        self.total_queued -= 1
+        self.total_active += 1
+        if queue and lane.active < self.session_limit:
+            self._list(lane)
+        return ticket
+
+    def release(self, ticket: T) -> None:
+        """Free the slots an active ticket held."""
+        lane = self._sessions[ticket.session]
+        lane.active -= 1
+        active = self.active
+        for name in ticket.lanes:
+            active[name] -= 1
+        self.total_active -= 1
+        self._maybe_ready = True
+        if lane.queue:
+            self._list(lane)
+        elif lane.active == 0:
+            del self._sessions[lane.key]
+
+    # -- internals -------------------------------------------------------------
+
+    def _best(self) -> list[_HeapEntry[T]] | None:
+        """The ready heap whose head is oldest among those with room."""
         best: list[_HeapEntry[T]] | None = None
         for sig, heap in self._ready.items():
             if not heap or (sig and not self._room(sig)):
@@ -180,32 +223,7 @@ class LaneTable(Generic[T]):
             self._prune(heap)
             if heap and (best is None or heap[0][:2] < best[0][:2]):
                 best = heap
-        if best is None:
-            self._maybe_ready = False
-            return None
-        _, _, lane, ticket = heapq.heappop(best)
-        lane.queue.popleft()
-        lane.listed = None
-        lane.active += 1
-        for name in ticket.lanes:
-            self.active[name] += 1
-            self.queued[name] -= 1
-        self.total_queued -= 1
-        self.total_active += 1
-        self._list(lane)
-        return ticket
-
-    def release(self, ticket: T) -> None:
-        """Free the slots an active ticket held."""
-        lane = self._sessions[ticket.session]
-        lane.active -= 1
-        for name in ticket.lanes:
-            self.active[name] -= 1
-        self.total_active -= 1
-        self._maybe_ready = True
-        self._forget_or_list(lane)
-
-    # -- internals -------------------------------------------------------------
+        return best
 
     def _room(self, sig: tuple[str, ...]) -> bool:
         active, limits = self.active, self.limits
@@ -224,26 +242,47 @@ class LaneTable(Generic[T]):
         )
 
     def _prune(self, heap: list[_HeapEntry[T]]) -> None:
+        sessions, limit = self._sessions, self.session_limit
         while heap:
             _, _, lane, ticket = heap[0]
-            if self._eligible(lane, ticket):
+            queue = lane.queue
+            if (
+                lane.active < limit
+                and not lane.held
+                and queue
+                and queue[0] is ticket
+                and sessions.get(lane.key) is lane
+            ):
                 return
             heapq.heappop(heap)
             if lane.listed is ticket:
                 lane.listed = None
 
     def _list(self, lane: _SessionLane[T]) -> None:
-        if not lane.queue:
+        queue = lane.queue
+        if not queue:
             return
-        head = lane.queue[0]
-        if lane.listed is head or not self._eligible(lane, head):
+        head = queue[0]
+        if (
+            lane.listed is head
+            or lane.active >= self.session_limit
+            or lane.held
+            or self._sessions.get(lane.key) is not lane
+        ):
             return
-        heap = self._ready.get(head.lanes)
+        sig = head.lanes
+        heap = self._ready.get(sig)
         if heap is None:
-            heap = self._ready[head.lanes] = []
+            heap = self._ready[sig] = []
         heapq.heappush(heap, (head.order, next(self._tiebreak), lane, head))
         lane.listed = head
-        self._maybe_ready = True
+        if not self._maybe_ready:
+            # Only a head whose shared lanes have room can start now.
+            active, limits = self.active, self.limits
+            for name in sig:
+                if active[name] >= limits[name]:
+                    return
+            self._maybe_ready = True
 
     def _compact(self) -> None:
         for heap in self._ready.values():

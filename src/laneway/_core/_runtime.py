@@ -346,7 +346,8 @@ class Laneway:
         info, event = await d.admit(session, write)
         if event is None:  # an earlier submit with the same idempotency key
             return Job(self, info.id, info.session, info.handler)
-        self._bus.publish(event)
+        if self._bus.watched:
+            self._bus.publish(event)
         if self._state == _RUNNING:  # else closed while committing: it stays queued in the store
             d.enqueue(JobRecord(job_id, session, spec, payload, (-priority, next(self._seq))))
             d.pump()
@@ -473,8 +474,7 @@ class Laneway:
     def add_listener(self, fn: Callable[[Event], None]) -> Callable[[], None]:
         """Call ``fn(event)`` on the loop for every committed event of every session
         (metrics, audit logs). It must be quick and not block. Returns a remover."""
-        self._bus.listeners.append(fn)
-        return lambda: self._bus.listeners.remove(fn)
+        return self._bus.add_listener(fn)
 
     @property
     def discarded_events(self) -> int:

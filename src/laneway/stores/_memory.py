@@ -20,6 +20,8 @@ T = TypeVar("T")
 
 _REQUEUEABLE = frozenset({JobState.FAILED, JobState.TIMED_OUT, JobState.DEAD})
 _KIND = {state: f"job.{state.value}" for state in JobState}
+_QUEUED = JobState.QUEUED
+_Row = tuple[int, str | None, str, Any, float]
 
 
 def job_event_data(
@@ -35,69 +37,25 @@ def job_event_data(
     }
 
 
-class _Rec:
-    __slots__ = (
-        "attempts",
-        "created_at",
-        "error",
-        "handler",
-        "id",
-        "idempotency_key",
-        "lost",
-        "output",
-        "payload",
-        "priority",
-        "reason",
-        "result",
-        "session",
-        "state",
-        "updated_at",
+def _copy(rec: JobInfo) -> JobInfo:
+    """A copy of a record, for readers (positional: this runs per read)."""
+    return JobInfo(
+        rec.id,
+        rec.session,
+        rec.handler,
+        rec.state,
+        rec.attempts,
+        rec.error,
+        rec.result,
+        rec.reason,
+        rec.payload,
+        rec.priority,
+        rec.lost,
+        rec.idempotency_key,
+        rec.created_at,
+        rec.updated_at,
+        rec.output,
     )
-
-    def __init__(
-        self,
-        job_id: str,
-        session: str,
-        handler: str,
-        payload: Any,
-        priority: int,
-        key: str | None,
-        now: float,
-    ) -> None:
-        self.id = job_id
-        self.session = session
-        self.handler = handler
-        self.payload = payload
-        self.priority = priority
-        self.idempotency_key = key
-        self.state = JobState.QUEUED
-        self.attempts = 0
-        self.lost = 0
-        self.output = False
-        self.result: Any = None
-        self.error: str | None = None
-        self.reason: str | None = None
-        self.created_at = now
-        self.updated_at = now
-
-    def info(self) -> JobInfo:
-        return JobInfo(
-            id=self.id,
-            session=self.session,
-            handler=self.handler,
-            state=self.state,
-            attempts=self.attempts,
-            error=self.error,
-            result=self.result,
-            reason=self.reason,
-            payload=self.payload,
-            priority=self.priority,
-            lost=self.lost,
-            idempotency_key=self.idempotency_key,
-            created_at=self.created_at,
-            updated_at=self.updated_at,
-            output=self.output,
-        )
 
 
 class MemoryStore(Store):
@@ -105,16 +63,20 @@ class MemoryStore(Store):
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
-        self._jobs: dict[str, _Rec] = {}
+        #: The records themselves are ``JobInfo``s; readers get copies.
+        self._jobs: dict[str, JobInfo] = {}
         self._keys: dict[tuple[str, str], str] = {}
-        self._events: dict[str, list[Event]] = {}
+        #: Per session, events as plain tuples (seq, job_id, kind, data, at): the
+        #: collector stops tracking tuples of plain values, so a long log costs
+        #: nothing at each full collection. Readers get ``Event``s.
+        self._events: dict[str, list[_Row]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- life ------------------------------------------------------------------
 
     async def open(self) -> list[JobInfo]:
         self._loop = asyncio.get_running_loop()
-        return [r.info() for r in self._jobs.values() if r.state not in TERMINAL_STATES]
+        return [_copy(r) for r in self._jobs.values() if r.state not in TERMINAL_STATES]
 
     async def close(self) -> None:
         self._loop = None
@@ -127,11 +89,12 @@ class MemoryStore(Store):
         log = self._events.get(session)
         if log is None:
             log = self._events[session] = []
-        ev = Event(len(log) + 1, session, job_id, kind, data, now or time.time())
-        log.append(ev)
-        return ev
+        at = now or time.time()
+        seq = len(log) + 1
+        log.append((seq, job_id, kind, data, at))
+        return Event(seq, session, job_id, kind, data, at)
 
-    def _running(self, job_id: str, attempt: int) -> _Rec | None:
+    def _running(self, job_id: str, attempt: int) -> JobInfo | None:
         rec = self._jobs.get(job_id)
         if rec is None or rec.state is not JobState.RUNNING or rec.attempts != attempt:
             return None
@@ -152,14 +115,18 @@ class MemoryStore(Store):
         if idempotency_key is not None:
             existing = self._keys.get((session, idempotency_key))
             if existing is not None:
-                return Committed((self._jobs[existing].info(), None))
+                return Committed((_copy(self._jobs[existing]), None))
             self._keys[(session, idempotency_key)] = job_id
         now = time.time()
-        rec = _Rec(job_id, session, handler, payload, priority, idempotency_key, now)
+        rec = JobInfo(
+            job_id, session, handler, _QUEUED, 0, None, None, None, payload, priority, 0,
+            idempotency_key, now, now,
+        )  # fmt: skip
         self._jobs[job_id] = rec
         data = {"handler": handler, "payload": payload}
         ev = self._append(session, job_id, "job.queued", data, now)
-        return Committed((rec.info(), ev))
+        # The record itself, not a copy: nothing reads it but the caller, at once.
+        return Committed((rec, ev))
 
     def start_attempt(self, job_id: str, attempt: int) -> Write[Event | None]:
         rec = self._jobs.get(job_id)
@@ -238,13 +205,13 @@ class MemoryStore(Store):
             "requeued_from": previous.value,
         }
         ev = self._append(rec.session, job_id, "job.queued", data)
-        return Committed((rec.info(), ev))
+        return Committed((_copy(rec), ev))
 
     # -- reads -----------------------------------------------------------------
 
     async def get_job(self, job_id: str) -> JobInfo | None:
         rec = self._jobs.get(job_id)
-        return rec.info() if rec is not None else None
+        return _copy(rec) if rec is not None else None
 
     async def list_jobs(
         self, *, state: JobState | None = None, session: str | None = None, limit: int = 100
@@ -254,7 +221,7 @@ class MemoryStore(Store):
             if (state is None or rec.state is state) and (
                 session is None or rec.session == session
             ):
-                out.append(rec.info())
+                out.append(_copy(rec))
                 if len(out) >= limit:
                     break
         return out
@@ -262,9 +229,9 @@ class MemoryStore(Store):
     async def read_events(self, session: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
         log = self._events.get(session, [])
         start = max(0, after)
-        return log[start : start + limit]
+        return [Event(r[0], session, *r[1:]) for r in log[start : start + limit]]
 
     async def history(self, session: str, *, before: int, limit: int) -> list[Event]:
         log = self._events.get(session, [])
         end = max(0, min(len(log), before - 1))
-        return log[max(0, end - limit) : end]
+        return [Event(r[0], session, *r[1:]) for r in log[max(0, end - limit) : end]]
