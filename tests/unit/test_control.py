@@ -16,6 +16,7 @@ from laneway import (
     Laneway,
     LanewayError,
     Limits,
+    NotRequeueable,
     Retry,
     TurnContext,
 )
@@ -137,7 +138,7 @@ async def test_requeue_sends_failed_and_timed_out_jobs_to_the_tail(
     await lw.start()
     failed = await lw.submit("alice", "flaky", "flaky")
     await failed.wait()
-    with pytest.raises(LanewayError, match="only failed, timed_out and dead"):
+    with pytest.raises(NotRequeueable, match="only failed, timed_out and dead"):
         await lw.requeue((await lw.submit("bob", "turn", "ok")).id)  # queued/running/succeeded
     blocker = await lw.submit("alice", "turn", "slow")
     behind = await lw.submit("alice", "turn", "behind")
@@ -241,3 +242,38 @@ async def test_using_a_laneway_before_start_or_after_close_is_an_error(
     for call in (lw.submit("a", "turn", "x"), lw.stop("a"), lw.cancel("x"), lw.join()):
         with pytest.raises(Closed):
             await call
+
+
+async def test_on_close_hooks_run_after_the_store_closed_and_their_errors_are_ignored(
+    make_laneway: MakeLaneway,
+) -> None:
+    lw = make_laneway()
+    order: list[str] = []
+
+    async def broken() -> None:
+        order.append("broken")
+        raise RuntimeError("client already gone")
+
+    async def client() -> None:
+        order.append("client")
+
+    lw.on_close(broken)
+    lw.on_close(client)
+    await lw.start()
+    assert order == []
+    await lw.close()
+    assert order == ["broken", "client"]
+
+
+async def test_run_sync_passes_keyword_arguments(make_laneway: MakeLaneway) -> None:
+    lw = make_laneway()
+
+    def join(*parts: str, sep: str = "") -> str:
+        return sep.join(parts)
+
+    @lw.handler("sync")
+    async def sync(ctx: TurnContext, payload: None) -> str:
+        return await ctx.run_sync(join, "a", "b", sep="-")
+
+    await lw.start()
+    assert await (await lw.submit("s", "sync")).result() == "a-b"

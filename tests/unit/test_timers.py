@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from laneway._core._timers import Timers
+from laneway._core._timers import DelayLine, Timers
 
 from .._helpers import now
 
@@ -97,3 +97,38 @@ async def test_nothing_fires_after_close() -> None:
     timers.call_at(now() + 2, fired.append, "y")
     await asyncio.sleep(5)
     assert fired == []
+
+
+async def test_a_delay_line_fires_each_live_item_its_delay_after_its_push() -> None:
+    timers = Timers(asyncio.get_running_loop())
+    t0 = now()
+    fired: list[tuple[str, float]] = []
+    dead: set[str] = set()
+    line: DelayLine[str] = DelayLine(
+        timers, 5.0, lambda item: fired.append((item, now() - t0)), lambda i: i not in dead
+    )
+    line.push("a", t0)
+    await asyncio.sleep(1)
+    line.push("b", now())
+    line.push("c", now())
+    dead.add("b")
+    line.dropped()
+    await asyncio.sleep(10)
+    assert [item for item, _ in fired] == ["a", "c"]
+    assert [at for _, at in fired] == pytest.approx([5.0, 6.0])
+    assert len(line) == 0
+    timers.close()
+
+
+async def test_a_delay_line_of_dead_items_is_compacted_before_they_fall_due() -> None:
+    timers = Timers(asyncio.get_running_loop())
+    dead: set[int] = set()
+    line: DelayLine[int] = DelayLine(timers, 300.0, lambda item: None, lambda i: i not in dead)
+    for i in range(1_000):
+        line.push(i, now())
+    for i in range(900):
+        dead.add(i)
+        line.dropped()
+    # Compacted well before the 300 s they would wait: at most 2x live + 256.
+    assert len(line) <= 2 * 100 + 256
+    timers.close()
