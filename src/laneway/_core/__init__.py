@@ -1,1 +1,2 @@
-"""The runtime's core: lanes (pure bookkeeping), timers, dispatcher, context, watchdog."""
+"""The runtime's core: the facade, dispatcher, slot source and lanes, attempts,
+policy, runners, context, timers, reaper, monitor, events and watchdog."""

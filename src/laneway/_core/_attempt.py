@@ -103,14 +103,18 @@ class Attempt:
         "end_waiters",
         "ended",
         "grace_timer",
+        "handler",
         "idle",
         "job",
+        "job_id",
         "last_progress",
         "no_retry",
         "number",
         "output",
+        "payload",
         "procs",
         "reason",
+        "session",
         "start_seq",
         "started_at",
         "task",
@@ -125,6 +129,11 @@ class Attempt:
         deadline = job.limits.deadline
         self._owner = owner
         self.job = job
+        # Copied, not properties: runners and contexts read them on every turn.
+        self.job_id = job.id
+        self.session = job.session
+        self.handler = job.handler
+        self.payload = job.payload
         self.number = number
         self.started_at = now
         self.last_progress = now
@@ -258,22 +267,6 @@ class Attempt:
         return fut
 
     # -- the TurnHost of an in-process turn -------------------------------------
-
-    @property
-    def job_id(self) -> str:
-        return self.job.id
-
-    @property
-    def session(self) -> str:
-        return self.job.session
-
-    @property
-    def handler(self) -> str:
-        return self.job.handler
-
-    @property
-    def payload(self) -> Any:
-        return self.job.payload
 
     @property
     def cancelled(self) -> bool:

@@ -35,7 +35,7 @@ from ._config import Config, HandlerSpec
 from ._context import TurnContext
 from ._events import EventBus
 from ._json import check_json
-from ._policy import Ended, Happened, Verdict, decide
+from ._policy import SUCCEED, Ended, Happened, Verdict, decide
 from ._reaper import Reaper
 from ._runner import Runner
 from ._slots import SlotSource, local_slots
@@ -212,7 +212,10 @@ class Dispatcher:
             except LanewayError as exc:
                 ended, error = Ended.RAISED, exc
         verdict = decide(_happened(att, ended, error), job.spec.rules)
-        self._apply(job, att.number, verdict, result)
+        if verdict is SUCCEED:
+            self._terminal(job, JobState.SUCCEEDED, result=result)
+        else:
+            self._apply(job, att.number, verdict, result)
         self.pump()
 
     def abandoned(self, att: Attempt) -> None:

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from .._types import JobState, Reason, Retry
 
-__all__ = ["Ended", "Happened", "Rules", "Verdict", "decide"]
+__all__ = ["SUCCEED", "Ended", "Happened", "Rules", "Verdict", "decide"]
 
 
 class Ended(enum.Enum):
@@ -73,6 +73,7 @@ class Verdict(NamedTuple):
     lost: bool = False
 
 
+#: The verdict on a turn that returned: one object, so appliers can test ``is SUCCEED``.
 SUCCEED = Verdict(JobState.SUCCEEDED)
 _SHUTDOWN = Verdict(JobState.QUEUED, Reason.SHUTDOWN, "shutdown")
 _STOPPED = Verdict(JobState.CANCELLED, Reason.STOPPED)

@@ -12,7 +12,7 @@ for many nodes (PostgreSQL) plugs in here as another ``SlotSource``: its
 ``enqueue``/``requeue_head``/``remove``/``release`` become claim-table writes
 (or no-ops where the store's own write already did it), ``next_ready()``
 hands out jobs its claim transactions won for this node, and it calls the
-``wake`` callback given to ``bind()`` when new claims are ready so the
+``wake`` callback it was made with when new claims are ready, so the
 dispatcher pumps again. The counters serve the snapshot and admission.
 """
 
