@@ -50,7 +50,8 @@ class _SessionLane(Generic[T]):
         self.listed: T | None = None  # the head currently in a ready heap
 
 
-_HeapEntry = tuple[tuple[int, int], int, _SessionLane[T], T]
+# (order[0], order[1], tiebreak, lane, head): flat, so most comparisons end at one int.
+_HeapEntry = tuple[int, int, int, _SessionLane[T], T]
 
 
 class LaneTable(Generic[T]):
@@ -183,7 +184,7 @@ class LaneTable(Generic[T]):
             self._maybe_ready = False
             return None
         active = self.active
-        _, _, lane, ticket = heapq.heappop(best)
+        _, _, _, lane, ticket = heapq.heappop(best)
         queue = lane.queue
         queue.popleft()
         lane.listed = None
@@ -196,6 +197,9 @@ class LaneTable(Generic[T]):
         self.total_active += 1
         if queue and lane.active < self.session_limit:
             self._list(lane)
+        if len(self._ready) == 1 and not self._room(ticket.lanes):
+            # The only signature just filled up: nothing can start until a release.
+            self._maybe_ready = False
         return ticket
 
     def release(self, ticket: T) -> None:
@@ -221,7 +225,7 @@ class LaneTable(Generic[T]):
             if not heap or (sig and not self._room(sig)):
                 continue
             self._prune(heap)
-            if heap and (best is None or heap[0][:2] < best[0][:2]):
+            if heap and (best is None or heap[0][:3] < best[0][:3]):
                 best = heap
         return best
 
@@ -244,7 +248,7 @@ class LaneTable(Generic[T]):
     def _prune(self, heap: list[_HeapEntry[T]]) -> None:
         sessions, limit = self._sessions, self.session_limit
         while heap:
-            _, _, lane, ticket = heap[0]
+            _, _, _, lane, ticket = heap[0]
             queue = lane.queue
             if (
                 lane.active < limit
@@ -274,7 +278,8 @@ class LaneTable(Generic[T]):
         heap = self._ready.get(sig)
         if heap is None:
             heap = self._ready[sig] = []
-        heapq.heappush(heap, (head.order, next(self._tiebreak), lane, head))
+        order = head.order
+        heapq.heappush(heap, (order[0], order[1], next(self._tiebreak), lane, head))
         lane.listed = head
         if not self._maybe_ready:
             # Only a head whose shared lanes have room can start now.
@@ -286,7 +291,7 @@ class LaneTable(Generic[T]):
 
     def _compact(self) -> None:
         for heap in self._ready.values():
-            heap[:] = [e for e in heap if self._eligible(e[2], e[3])]
+            heap[:] = [e for e in heap if self._eligible(e[3], e[4])]
             heapq.heapify(heap)
         self._stale = 0
 

@@ -47,7 +47,7 @@ from .._types import (
     StopResult,
 )
 from ..stores import Store, open_store
-from ..stores._base import written
+from ..stores._base import Committed, written
 from ._attempt import JobRecord
 from ._config import (
     Config,
@@ -343,7 +343,8 @@ class Laneway:
             priority=priority,
             idempotency_key=idempotency_key,
         )
-        info, event = await d.admit(session, write)
+        # A committed write needs no await (and no coroutine for admit()).
+        info, event = write.value if type(write) is Committed else await d.admit(session, write)
         if event is None:  # an earlier submit with the same idempotency key
             return Job(self, info.id, info.session, info.handler)
         if self._bus.watched:
