@@ -21,7 +21,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Generic, Protocol, TypeVar
 
 __all__ = ["LaneTable", "Ticket"]
@@ -50,8 +50,52 @@ class _SessionLane(Generic[T]):
         self.listed: T | None = None  # the head currently in a ready heap
 
 
-# (order[0], order[1], tiebreak, lane, head): flat, so most comparisons end at one int.
+# (order[0], order[1], tiebreak, lane, head): flat, so most comparisons end at one int;
+# the unique tiebreak means a comparison never reaches the lane.
 _HeapEntry = tuple[int, int, int, _SessionLane[T], T]
+
+
+class _Ready(Generic[T]):
+    """The listed heads of one lane signature, oldest first.
+
+    Heads are mostly listed in order (each new session's head is newer than
+    the last), so those go on a FIFO at O(1); the rest (retries keeping their
+    old place, priorities) go on a heap. The oldest is the smaller of the two
+    fronts.
+    """
+
+    __slots__ = ("fifo", "heap")
+
+    def __init__(self) -> None:
+        self.fifo: deque[_HeapEntry[T]] = deque()
+        self.heap: list[_HeapEntry[T]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.fifo or self.heap)
+
+    def push(self, entry: _HeapEntry[T]) -> None:
+        fifo = self.fifo
+        if not fifo or fifo[-1] < entry:
+            fifo.append(entry)
+        else:
+            heapq.heappush(self.heap, entry)
+
+    def first(self) -> _HeapEntry[T] | None:
+        fifo, heap = self.fifo, self.heap
+        if fifo:
+            return heap[0] if heap and heap[0] < fifo[0] else fifo[0]
+        return heap[0] if heap else None
+
+    def pop(self) -> _HeapEntry[T]:
+        fifo, heap = self.fifo, self.heap
+        if fifo and (not heap or fifo[0] < heap[0]):
+            return fifo.popleft()
+        return heapq.heappop(heap)
+
+    def keep(self, wanted: Callable[[_HeapEntry[T]], bool]) -> None:
+        self.fifo = deque(e for e in self.fifo if wanted(e))
+        self.heap = [e for e in self.heap if wanted(e)]
+        heapq.heapify(self.heap)
 
 
 class LaneTable(Generic[T]):
@@ -63,7 +107,7 @@ class LaneTable(Generic[T]):
         self.active: dict[str, int] = dict.fromkeys(shared, 0)
         self.queued: dict[str, int] = dict.fromkeys(shared, 0)
         self._sessions: dict[str, _SessionLane[T]] = {}
-        self._ready: dict[tuple[str, ...], list[_HeapEntry[T]]] = {}
+        self._ready: dict[tuple[str, ...], _Ready[T]] = {}
         self._tiebreak = itertools.count()
         self.total_queued = 0
         self.total_active = 0
@@ -184,7 +228,7 @@ class LaneTable(Generic[T]):
             self._maybe_ready = False
             return None
         active = self.active
-        _, _, _, lane, ticket = heapq.heappop(best)
+        _, _, _, lane, ticket = best.pop()
         queue = lane.queue
         queue.popleft()
         lane.listed = None
@@ -218,15 +262,16 @@ class LaneTable(Generic[T]):
 
     # -- internals -------------------------------------------------------------
 
-    def _best(self) -> list[_HeapEntry[T]] | None:
-        """The ready heap whose head is oldest among those with room."""
-        best: list[_HeapEntry[T]] | None = None
-        for sig, heap in self._ready.items():
-            if not heap or (sig and not self._room(sig)):
+    def _best(self) -> _Ready[T] | None:
+        """The signature whose oldest listed head is oldest among those with room."""
+        best: _Ready[T] | None = None
+        oldest: _HeapEntry[T] | None = None
+        for sig, ready in self._ready.items():
+            if not ready or (sig and not self._room(sig)):
                 continue
-            self._prune(heap)
-            if heap and (best is None or heap[0][:3] < best[0][:3]):
-                best = heap
+            first = self._prune(ready)
+            if first is not None and (oldest is None or first < oldest):
+                best, oldest = ready, first
         return best
 
     def _room(self, sig: tuple[str, ...]) -> bool:
@@ -245,10 +290,11 @@ class LaneTable(Generic[T]):
             and self._sessions.get(lane.key) is lane
         )
 
-    def _prune(self, heap: list[_HeapEntry[T]]) -> None:
+    def _prune(self, ready: _Ready[T]) -> _HeapEntry[T] | None:
+        """Drop stale entries from the front; the oldest eligible one, if any."""
         sessions, limit = self._sessions, self.session_limit
-        while heap:
-            _, _, _, lane, ticket = heap[0]
+        while (first := ready.first()) is not None:
+            _, _, _, lane, ticket = first
             queue = lane.queue
             if (
                 lane.active < limit
@@ -257,10 +303,11 @@ class LaneTable(Generic[T]):
                 and queue[0] is ticket
                 and sessions.get(lane.key) is lane
             ):
-                return
-            heapq.heappop(heap)
+                return first
+            ready.pop()
             if lane.listed is ticket:
                 lane.listed = None
+        return None
 
     def _list(self, lane: _SessionLane[T]) -> None:
         queue = lane.queue
@@ -275,11 +322,11 @@ class LaneTable(Generic[T]):
         ):
             return
         sig = head.lanes
-        heap = self._ready.get(sig)
-        if heap is None:
-            heap = self._ready[sig] = []
+        ready = self._ready.get(sig)
+        if ready is None:
+            ready = self._ready[sig] = _Ready()
         order = head.order
-        heapq.heappush(heap, (order[0], order[1], next(self._tiebreak), lane, head))
+        ready.push((order[0], order[1], next(self._tiebreak), lane, head))
         lane.listed = head
         if not self._maybe_ready:
             # Only a head whose shared lanes have room can start now.
@@ -290,9 +337,8 @@ class LaneTable(Generic[T]):
             self._maybe_ready = True
 
     def _compact(self) -> None:
-        for heap in self._ready.values():
-            heap[:] = [e for e in heap if self._eligible(e[3], e[4])]
-            heapq.heapify(heap)
+        for ready in self._ready.values():
+            ready.keep(lambda e: self._eligible(e[3], e[4]))
         self._stale = 0
 
     def _forget_or_list(self, lane: _SessionLane[T]) -> None:
