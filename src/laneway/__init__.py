@@ -17,6 +17,7 @@ from ._errors import JobFailed as JobFailed
 from ._errors import JobTimedOut as JobTimedOut
 from ._errors import LanewayError as LanewayError
 from ._errors import Overloaded as Overloaded
+from ._errors import ProcessFailed as ProcessFailed
 from ._errors import StoreError as StoreError
 from ._errors import UnknownHandler as UnknownHandler
 from ._errors import UnknownJob as UnknownJob
@@ -56,6 +57,7 @@ __all__ = [
     "Limits",
     "Outcome",
     "Overloaded",
+    "ProcessFailed",
     "ProcessPool",
     "ProcessResult",
     "Retry",

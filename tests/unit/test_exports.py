@@ -8,6 +8,7 @@ import importlib
 import laneway
 
 PUBLIC = {
+    "ProcessFailed",
     "ProcessPool",
     "Closed",
     "ConfigError",
@@ -50,6 +51,7 @@ ERRORS = {
     "JobFailed",
     "JobTimedOut",
     "Overloaded",
+    "ProcessFailed",
     "StoreError",
     "UnknownHandler",
     "UnknownJob",
@@ -92,6 +94,7 @@ def test_the_testing_helpers_are_importable() -> None:
         "FakeOpenAI",
         "FakeRequest",
         "block_loop",
+        "fake_agent_cli",
         "hang",
         "hang_ignoring_cancel",
         "model_stream",

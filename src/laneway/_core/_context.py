@@ -11,6 +11,7 @@ from .._errors import InvalidPayload
 from .._types import UNSET, Event, LimitValue, ProcessResult
 from ._json import check_json
 from ._proc import kill_group
+from ._proc_stream import MAX_LINE, ProcessHost, stream_process
 
 if TYPE_CHECKING:
     from ._runtime import Attempt, Laneway
@@ -31,6 +32,8 @@ class TurnContext:
     """
 
     __slots__ = ("_att", "_lw", "attempt", "handler", "job_id", "payload", "session")
+
+    _OWN_SESSION = True  # children get a session of their own (a worker's stay in its)
 
     def __init__(self, lw: Laneway, att: Attempt) -> None:
         self._lw = lw
@@ -150,6 +153,41 @@ class TurnContext:
             self._att.procs.discard(proc)
         return ProcessResult(returncode, out, err)
 
+    def stream_process(
+        self,
+        *argv: str,
+        input: bytes | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        idle: LimitValue = UNSET,
+        max_line: int = MAX_LINE,
+    ) -> AsyncIterator[str]:
+        """Iterate a subprocess's stdout lines as they come (newline stripped,
+        longer than ``max_line`` characters split); each line is progress.
+
+        The child runs in its own process group, killed (TERM, grace, KILL)
+        when the iteration ends, is abandoned or cancelled, and when the
+        attempt ends. A non-zero exit raises ``ProcessFailed`` with the stderr
+        tail. ``idle`` overrides the idle limit for the stream, as in ``stream``.
+        """
+        host = _ProcessHost(self)
+        return stream_process(
+            host, argv, input=input, cwd=cwd, env=env, idle=idle, max_line=max_line
+        )
+
+    # Hooks of the process host; a worker's context overrides them.
+    def _adopt(self, proc: asyncio.subprocess.Process) -> None:
+        if self._att.ended:
+            self._lw._spawn(self._lw._kill_and_track(self._att, proc))
+        else:
+            self._att.procs.add(proc)
+
+    def _release(self, proc: asyncio.subprocess.Process) -> None:
+        self._att.procs.discard(proc)
+
+    def _process_grace(self) -> float:
+        return self._lw._kill_grace(self._att)
+
     def _kill_spawned(self, spawn: asyncio.Future[asyncio.subprocess.Process]) -> None:
         if not spawn.cancelled() and spawn.exception() is None:
             self._lw._spawn(self._lw._kill_and_track(self._att, spawn.result()))
@@ -182,3 +220,33 @@ class TurnContext:
             proc.stdin.write(data)
             await proc.stdin.drain()
         proc.stdin.close()
+
+
+class _ProcessHost(ProcessHost):
+    """A context as the host of its process streams."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, ctx: TurnContext) -> None:
+        self._ctx = ctx
+
+    def progress(self) -> None:
+        self._ctx.progress()
+
+    def idle_limit(self) -> float | None:
+        return self._ctx._idle_limit()
+
+    def set_idle_limit(self, idle: float | None) -> None:
+        self._ctx._set_idle_limit(idle)
+
+    def adopt(self, proc: asyncio.subprocess.Process) -> None:
+        self._ctx._adopt(proc)
+
+    def release(self, proc: asyncio.subprocess.Process) -> None:
+        self._ctx._release(proc)
+
+    def kill_grace(self) -> float:
+        return self._ctx._process_grace()
+
+    def own_session(self) -> bool:
+        return self._ctx._OWN_SESSION

@@ -204,6 +204,18 @@ class WorkerContext(TurnContext):
         self._idle = idle
         self._server.send(encode({"op": "idle", "value": idle}))
 
+    # Process streams: the parent kills this worker's whole session with the attempt.
+    _OWN_SESSION = False
+
+    def _adopt(self, proc: asyncio.subprocess.Process) -> None:
+        pass
+
+    def _release(self, proc: asyncio.subprocess.Process) -> None:
+        pass
+
+    def _process_grace(self) -> float:
+        return self._kill_grace
+
     async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking ``fn(*args)`` in a thread of this worker (it dies with the worker)."""
         return await asyncio.get_running_loop().run_in_executor(None, partial(fn, *args))
