@@ -11,7 +11,7 @@ Every error laneway raises derives from one root::
     ├── ConfigError         nonsense configuration: negative limits, zero caps (also ValueError)
     ├── StoreError          the store broke: unreachable, corrupt, owned by another process
     ├── Closed              you closed it (or never started it); not a failure
-    ├── ProcessFailed       a subprocess of ``ctx.stream_process`` exited non-zero (returncode, stderr)
+    ├── ProcessFailed       a subprocess exited non-zero (carries .returncode, .stderr tail)
     └── JobError            a job ended in a state other than ``succeeded`` (carries .outcome)
         ├── JobFailed       the handler raised and no retry was left
         ├── JobTimedOut     deadline, idle limit or queue_wait expired and no retry was left
@@ -26,6 +26,7 @@ Each class's docstring is its default message.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ class ProcessFailed(LanewayError):
 
 
 def _process_failure(argv: tuple[str, ...], returncode: int, stderr: str) -> str:
-    program = argv[0] if argv else "the process"
+    program = os.path.basename(argv[0]) if argv else "the process"
     if returncode < 0:
         status = f"was killed by signal {-returncode}"
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._errors import InvalidPayload
@@ -161,7 +161,7 @@ class TurnContext:
         env: dict[str, str] | None = None,
         idle: LimitValue = UNSET,
         max_line: int = MAX_LINE,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Iterate a subprocess's stdout lines as they come (newline stripped,
         longer than ``max_line`` characters split); each line is progress.
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from .._errors import ProcessFailed
@@ -68,7 +68,7 @@ def stream_process(
     env: dict[str, str] | None = None,
     idle: LimitValue = UNSET,
     max_line: int = MAX_LINE,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """The child's stdout lines (newline stripped), as they come; ``ProcessFailed``
     if it exits non-zero. ``idle`` overrides the idle limit while streaming.
 
@@ -88,7 +88,7 @@ async def _stream(
     env: dict[str, str] | None,
     idle: LimitValue,
     max_line: int,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     restore = host.idle_limit()
     if idle is not UNSET:
         host.set_idle_limit(None if idle is None else float(idle))
