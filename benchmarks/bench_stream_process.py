@@ -5,8 +5,9 @@ Run: ``python benchmarks/bench_stream_process.py`` (``--quick`` for a smaller ru
 
 - lines/s: a child prints ``--lines`` lines of 80 characters as fast as it can;
   read (a) with ``asyncio`` directly (``async for raw in proc.stdout``, decoded,
-  newline stripped: the bare pipe), (b) with ``ctx.stream_process`` in a task-mode
-  turn (each line also resets the idle timer), (c) the same in a worker process
+  newline stripped: the bare pipe), (b) 64 KiB reads split by hand (the floor:
+  no per-line await), (c) with ``ctx.stream_process`` in a task-mode turn (each
+  line also resets the idle timer), (d) the same in a worker process
   (``isolation="process"``: each line's progress crosses to the parent). Rounds
   alternate; medians, the ratio to the pipe, and the extra microseconds per line.
 - recovery: the ``cli`` model runs a fake agent CLI that prints two lines and goes
@@ -49,6 +50,21 @@ async def pipe(lines: int) -> int:
         n += 1
     await proc.wait()
     return n
+
+
+async def chunked(lines: int) -> int:
+    """The floor: big reads split into lines by hand, no laneway, no idle timer."""
+    proc = await asyncio.create_subprocess_exec(
+        *_producer(lines), stdout=asyncio.subprocess.PIPE, start_new_session=True
+    )
+    assert proc.stdout is not None
+    n, pending = 0, ""
+    while chunk := await proc.stdout.read(65536):
+        parts = (pending + chunk.decode()).split("\n")
+        pending = parts.pop()
+        n += len(parts)
+    await proc.wait()
+    return n + (1 if pending else 0)
 
 
 async def stream_lines(ctx: TurnContext, payload: list[str]) -> int:
