@@ -74,23 +74,20 @@ def test_the_cli_session_survives_a_server_restart(tmp_path: Path) -> None:
     assert fresh["session_id"] != first["session_id"]
 
 
+CLI = {"LANEWAY_MODEL": "cli", "LANEWAY_CLI_COMMAND": "claude -p"}
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
         ({"LANEWAY_MODEL": "cli"}, "LANEWAY_CLI_COMMAND"),
-        ({"LANEWAY_MODEL": "cli", "LANEWAY_CLI_COMMAND": "claude 'oops"}, "cannot be split"),
+        ({**CLI, "LANEWAY_CLI_COMMAND": "claude 'oops"}, "cannot be split"),
+        ({**CLI, "LANEWAY_CLI_FORMAT": "json"}, "cli_format"),
         (
-            {"LANEWAY_MODEL": "cli", "LANEWAY_CLI_COMMAND": "c", "LANEWAY_CLI_FORMAT": "json"},
-            "cli_format",
-        ),
-        (
-            {
-                "LANEWAY_MODEL": "cli",
-                "LANEWAY_CLI_COMMAND": "c",
-                "LANEWAY_CLI_RESUME_ARG": "--resume",
-            },
+            {**CLI, "LANEWAY_CLI_FORMAT": "stream-json", "LANEWAY_CLI_RESUME_ARG": "-r"},
             "{session_id}",
         ),
+        ({**CLI, "LANEWAY_CLI_RESUME_ARG": "-r {session_id}"}, "needs format 'stream-json'"),
     ],
 )
 def test_bad_cli_settings_are_named(

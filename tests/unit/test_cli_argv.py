@@ -79,8 +79,9 @@ def test_without_a_session_id_there_is_nothing_to_resume() -> None:
     ("kwargs", "message"),
     [
         ({"format": "json"}, "'text' or 'stream-json'"),
-        ({"resume_arg": "--resume"}, "{session_id}"),
-        ({"resume_arg": "--resume '{session_id}"}, "cannot be split"),
+        ({"resume_arg": "--resume", "format": "stream-json"}, "{session_id}"),
+        ({"resume_arg": "--resume '{session_id}", "format": "stream-json"}, "cannot be split"),
+        ({"resume_arg": "--resume {session_id}"}, "needs format 'stream-json'"),
     ],
 )
 def test_bad_model_settings_are_refused(kwargs: dict[str, str], message: str) -> None:

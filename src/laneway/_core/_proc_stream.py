@@ -169,6 +169,7 @@ class _Child:
         self.proc = proc
         self.argv = argv
         self.tail = bytearray()
+        self.reaped = False
         self.tasks = [asyncio.ensure_future(self._read_stderr())]
         if data is not None:
             self.tasks.append(asyncio.ensure_future(self._feed(data)))
@@ -179,7 +180,10 @@ class _Child:
     async def __aexit__(self, *exc: object) -> None:
         for task in self.tasks:
             task.cancel()
-        await _kill(self.host, self.proc)
+        if self.reaped:  # its pid may be reused by now: never signal its group again
+            self.host.release(self.proc)
+        else:
+            await _kill(self.host, self.proc)
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -189,6 +193,7 @@ class _Child:
         returncode = await self.proc.wait()
         # Whatever the leader left in its group goes now, so stderr can end.
         await kill_group(self.proc, self.host.kill_grace())
+        self.reaped = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self.tasks[0]), _STDERR_AFTER_EXIT)
         if returncode != 0:

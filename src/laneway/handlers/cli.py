@@ -119,6 +119,11 @@ class CliModel:
             self.resume = split_command(resume_arg, "the cli resume argument")
             if not any("{session_id}" in w for w in self.resume):
                 raise ConfigError("the cli resume argument needs '{session_id}'")
+            if self.format != "stream-json":
+                raise ConfigError(
+                    "a cli resume argument needs format 'stream-json': only its init line "
+                    "reports the CLI's session id"
+                )
         self.cwd = cwd
         self.env = env
 
