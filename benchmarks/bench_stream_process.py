@@ -97,6 +97,7 @@ async def throughput(rounds: int, lines: int) -> None:
 
     runs = {
         "pipe": lambda: pipe(lines),
+        "chunked": lambda: chunked(lines),
         "task": lambda: via("task"),
         "process": lambda: via("process"),
     }
@@ -108,13 +109,15 @@ async def throughput(rounds: int, lines: int) -> None:
             for name, run in runs.items():
                 rates[name].append(await _rate(run, lines))
     base = statistics.median(rates["pipe"])
+    floor = statistics.median(rates["chunked"])
     print(f"lines/s: {lines} lines of {WIDTH} chars, {rounds} rounds alternating (medians)")
     for name, values in rates.items():
         med = statistics.median(values)
-        extra = (1 / med - 1 / base) * 1e6
         print(
-            f"  {name:<8} {med:12,.0f} lines/s   {med / base:5.2f}x the pipe   "
-            f"{extra:+7.2f} us/line   (min {min(values):,.0f}, max {max(values):,.0f})"
+            f"  {name:<8} {med:12,.0f} lines/s   {med / base:5.2f}x the pipe "
+            f"({(1 / med - 1 / base) * 1e6:+6.2f} us/line)   {med / floor:5.2f}x the floor "
+            f"({(1 / med - 1 / floor) * 1e6:+6.2f} us/line)   "
+            f"min {min(values):,.0f}, max {max(values):,.0f}"
         )
 
 
