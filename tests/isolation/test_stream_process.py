@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 IDLE = 1.0
 GRACE = 1.0
-FAMILY = 'echo first; sleep 1000 & echo "$$ $!" > "$1"; wait'
+FAMILY = 'sleep 1000 & echo "$$ $!" > "$1"; echo first; wait'
 
 
 async def _laneway(make_laneway: MakeLaneway, idle: float = IDLE) -> Laneway:
@@ -113,10 +113,11 @@ async def test_breaking_off_in_a_worker_kills_the_group(
     payload = {"argv": ["sh", "-c", FAMILY, "sh", str(pidfile)], "max_line": 100, "take": 1}
     job = await lw.submit("s", "lines", payload)
     assert await job.result() == {"lines": ["first"], "returncode": 0}
-    while len(pidfile.read_text().split()) < 2:
-        await asyncio.sleep(0.01)
-    # The worker is alive and idle: only the stream's own cleanup could have killed these.
-    assert await all_gone([int(p) for p in pidfile.read_text().split()], within=3.0)
+    # The pids were written before the line: the worker is alive and idle now,
+    # so only the stream's own cleanup could have killed these.
+    pids = [int(p) for p in pidfile.read_text().split()]
+    assert len(pids) == 2
+    assert await all_gone(pids, within=3.0)
 
 
 async def test_the_cli_session_is_resumed_in_a_worker(
