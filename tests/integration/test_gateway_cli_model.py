@@ -74,7 +74,7 @@ def test_the_cli_session_survives_a_server_restart(tmp_path: Path) -> None:
     assert fresh["session_id"] != first["session_id"]
 
 
-CLI = {"LANEWAY_MODEL": "cli", "LANEWAY_CLI_COMMAND": "claude -p"}
+CLI = {"LANEWAY_MODEL": "cli", "LANEWAY_CLI_COMMAND": "sh -c 'exit 0'"}
 
 
 @pytest.mark.parametrize(
@@ -88,6 +88,7 @@ CLI = {"LANEWAY_MODEL": "cli", "LANEWAY_CLI_COMMAND": "claude -p"}
             "{session_id}",
         ),
         ({**CLI, "LANEWAY_CLI_RESUME_ARG": "-r {session_id}"}, "needs format 'stream-json'"),
+        ({**CLI, "LANEWAY_CLI_COMMAND": "no-such-agent-cli -p"}, "not an executable on PATH"),
     ],
 )
 def test_bad_cli_settings_are_named(

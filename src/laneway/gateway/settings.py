@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shutil
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -148,7 +149,10 @@ class Settings(BaseSettings):
             raise ValueError("model 'cli' needs LANEWAY_CLI_COMMAND (the agent CLI's command line)")
         from ..handlers.cli import CliModel
 
-        CliModel(self.cli_command, format=self.cli_format, resume_arg=self.cli_resume_arg)
+        model = CliModel(self.cli_command, format=self.cli_format, resume_arg=self.cli_resume_arg)
+        if shutil.which(model.command[0]) is None:
+            # Found out at start, not as a failed first turn after its retries.
+            raise ValueError(f"cli_command: {model.command[0]!r} is not an executable on PATH")
 
     @classmethod
     def settings_customise_sources(
