@@ -4,6 +4,7 @@ Claude Code transcript. Real time, short limits."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,64 @@ def _use(tool_id: str, name: str, **tool_input: str) -> dict[str, Any]:
 
 def _result(tool_id: str, content: str, *, is_error: bool = False) -> dict[str, Any]:
     return {"type": "tool_result", "id": tool_id, "content": content, "is_error": is_error}
+
+
+def _partials(mid: str, *pieces: str) -> list[dict[str, Any]]:
+    """The stream_event lines of one message whose text comes in ``pieces``."""
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": {"id": mid, "role": "assistant", "content": []}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        *(
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}
+            for p in pieces
+        ),
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_stop"},
+    ]
+    return [{"type": "stream_event", "event": e, "session_id": SESSION_ID} for e in events]
+
+
+async def test_partial_messages_stream_text_as_it_comes_without_repeating_it(
+    make_laneway: MakeLaneway, tmp_path: Path
+) -> None:
+    """``--include-partial-messages``: text parts first, then the whole message."""
+    lines = TRANSCRIPT.read_text().splitlines()
+    init, first, tool_use, tool_result, result = (json.loads(lines[i]) for i in (0, 2, 3, 4, -1))
+    last = json.loads(lines[-2])
+    first["message"]["id"], last["message"]["id"] = "msg_p1", "msg_p2"
+    tool_use["message"]["id"] = "msg_p1"
+    recorded = [
+        init,
+        *_partials("msg_p1", "I'll run", " the test suite", " to see what fails."),
+        first,
+        tool_use,
+        tool_result,
+        *_partials(
+            "msg_p2", "Fixed: `total` now discounts each item,", " and both cart tests pass."
+        ),
+        last,
+        result,
+    ]
+    path = tmp_path / "partial.jsonl"
+    path.write_text("".join(json.dumps(obj) + "\n" for obj in recorded))
+    lw = _laneway(make_laneway)
+    register_cli(lw, command=_cat(path), format="stream-json")
+    await lw.start()
+    outcome = await _turn(lw, "go")
+    assert outcome.state is JobState.SUCCEEDED
+    got = [
+        (e.kind, e.data.get("text", e.data.get("type"))) for e in await _events(lw, outcome.job_id)
+    ]
+    assert got[2:-1] == [
+        ("delta", "I'll run"),
+        ("delta", " the test suite"),
+        ("delta", " to see what fails."),
+        ("tool", "tool_use"),
+        ("tool", "tool_result"),
+        ("delta", "\n\nFixed: `total` now discounts each item,"),
+        ("delta", " and both cart tests pass."),
+        ("message", outcome.result),
+    ]
 
 
 async def test_lines_that_are_not_json_are_deltas_logged_once(

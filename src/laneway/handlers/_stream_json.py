@@ -6,7 +6,12 @@ One JSON object per line: a ``system``/``init`` with the CLI's session id,
 ``result`` (the answer, ``is_error``, the session id again). ``StreamJson``
 turns each line into the events the ``cli`` model emits: text as ``delta``,
 tool calls and results as ``tool``; it keeps the session id and the result.
-Unknown line types (hooks, usage, partial-message events) are skipped.
+
+With ``--include-partial-messages`` Claude Code also writes ``stream_event``
+lines (the API's ``message_start``, ``content_block_delta`` with a
+``text_delta``, ...) before each whole ``assistant`` message: their text is
+streamed as it comes, and the whole message then adds only its tool calls.
+Other line types (hooks, usage) are skipped.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ class StreamJson:
     result: str | None = None
     is_error: bool = False
     texts: list[str] = field(default_factory=list)
+    streamed: set[str] = field(default_factory=set)  # ids of messages whose text came in parts
+    new_block: bool = False  # the next text part opens a paragraph
 
     def feed(self, obj: dict[str, Any]) -> list[Emitted]:
         """The events one parsed line stands for."""
@@ -45,8 +52,13 @@ class StreamJson:
         if is_session_id(sid):
             self.session_id = sid
         kind = obj.get("type")
+        if kind == "stream_event":
+            event = obj.get("event")
+            return self._part(event) if isinstance(event, dict) else []
         if kind == "assistant":
-            return self._assistant(_content(obj))
+            message = obj.get("message")
+            mid = message.get("id") if isinstance(message, dict) else None
+            return self._assistant(_content(obj), text=mid not in self.streamed)
         if kind == "user":
             return [_tool_result(b) for b in _content(obj) if b.get("type") == "tool_result"]
         if kind == "result":
@@ -59,18 +71,39 @@ class StreamJson:
         """The turn's answer: the ``result`` line's text, else the streamed text."""
         return self.result if self.result is not None else "".join(self.texts)
 
-    def _assistant(self, blocks: list[dict[str, Any]]) -> list[Emitted]:
+    def _assistant(self, blocks: list[dict[str, Any]], *, text: bool) -> list[Emitted]:
         out: list[Emitted] = []
         for block in blocks:
             kind = block.get("type")
-            if kind == "text" and isinstance(block.get("text"), str) and block["text"]:
+            if kind == "text" and text and isinstance(block.get("text"), str) and block["text"]:
                 # Each text block is a paragraph: deltas concatenate to the whole reply.
-                text = ("\n\n" if self.texts else "") + block["text"]
-                self.texts.append(text)
-                out.append(("delta", {"text": text}))
+                out.append(self._text(("\n\n" if self.texts else "") + block["text"]))
             elif kind == "tool_use":
                 out.append(("tool", _tool_use(block)))
         return out
+
+    def _part(self, event: dict[str, Any]) -> list[Emitted]:
+        kind = event.get("type")
+        if kind == "message_start":
+            message = event.get("message")
+            mid = message.get("id") if isinstance(message, dict) else None
+            if isinstance(mid, str):
+                self.streamed.add(mid)
+        elif kind == "content_block_start":
+            self.new_block = True
+        elif kind == "content_block_delta":
+            delta = event.get("delta")
+            delta = delta if isinstance(delta, dict) else {}
+            piece = delta.get("text")
+            if isinstance(piece, str) and piece and delta.get("type") == "text_delta":
+                opens = self.new_block and bool(self.texts)
+                self.new_block = False
+                return [self._text(("\n\n" if opens else "") + piece)]
+        return []
+
+    def _text(self, text: str) -> Emitted:
+        self.texts.append(text)
+        return ("delta", {"text": text})
 
 
 def parse_line(line: str) -> dict[str, Any] | None:
