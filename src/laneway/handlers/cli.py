@@ -50,7 +50,7 @@ log = logging.getLogger("laneway.handlers.cli")
 Format = Literal["text", "stream-json"]
 FORMATS: tuple[Format, ...] = ("text", "stream-json")
 
-MESSAGE_MAX = 200_000  # characters of the reply kept in the message event and the result
+MESSAGE_MAX = 100_000  # characters of reply kept: even \uXXXX-escaped, well under 1 MiB an event
 TEXT_LINE_MAX = 16_000  # a longer text line comes as several deltas
 JSON_LINE_MAX = 16 * 1024 * 1024  # a stream-json line (a tool result can hold a whole file)
 HISTORY_PAGE = 200
