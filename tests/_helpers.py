@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,3 +133,26 @@ def run_python(code: str, *, timeout: float) -> subprocess.CompletedProcess[str]
         env={**os.environ, "PYTHONPATH": SRC},
         check=False,
     )
+
+
+def gone(pid: int) -> bool:
+    """True once ``pid`` no longer runs (an unreaped zombie runs nothing: gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True
+    return stat[stat.rfind(b")") + 2 :].split()[0] in (b"Z", b"X")
+
+
+async def all_gone(pids: list[int], within: float = 5.0) -> bool:
+    """Wait (real time) until none of ``pids`` runs; False if some still do after ``within``."""
+    end = time.monotonic() + within
+    while not all(gone(p) for p in pids):
+        if time.monotonic() > end:
+            return False
+        await asyncio.sleep(0.01)
+    return True

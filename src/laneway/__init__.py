@@ -19,6 +19,7 @@ from ._errors import JobTimedOut as JobTimedOut
 from ._errors import LanewayError as LanewayError
 from ._errors import NotRequeueable as NotRequeueable
 from ._errors import Overloaded as Overloaded
+from ._errors import ProcessFailed as ProcessFailed
 from ._errors import StoreError as StoreError
 from ._errors import UnknownHandler as UnknownHandler
 from ._errors import UnknownJob as UnknownJob
@@ -63,6 +64,7 @@ __all__ = [
     "NotRequeueable",
     "Outcome",
     "Overloaded",
+    "ProcessFailed",
     "ProcessPool",
     "ProcessResult",
     "Reason",

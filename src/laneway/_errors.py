@@ -13,6 +13,7 @@ Every error laneway raises derives from one root::
     ├── ConfigError         nonsense configuration: negative limits, zero caps (also ValueError)
     ├── StoreError          the store broke: unreachable, corrupt, owned by another process
     ├── Closed              you closed it (or never started it); not a failure
+    ├── ProcessFailed       a subprocess exited non-zero (carries .returncode, .stderr tail)
     └── JobError            a job ended in a state other than ``succeeded`` (carries .outcome)
         ├── JobFailed       the handler raised and no retry was left
         ├── JobTimedOut     deadline, idle limit or queue_wait expired and no retry was left
@@ -27,6 +28,7 @@ Each class's docstring is its default message.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -46,6 +48,7 @@ __all__ = [
     "LanewayError",
     "NotRequeueable",
     "Overloaded",
+    "ProcessFailed",
     "StoreError",
     "UnknownHandler",
     "WorkerLost",
@@ -101,6 +104,33 @@ class StoreError(LanewayError):
 
 class Closed(LanewayError):
     """This Laneway is closed (or was never started)."""
+
+
+class ProcessFailed(LanewayError):
+    """A subprocess exited with a non-zero status."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        returncode: int,
+        stderr: str = "",
+        argv: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message or _process_failure(argv, returncode, stderr))
+        self.returncode = returncode
+        self.stderr = stderr  # the last few KiB the process wrote to stderr
+        self.argv = argv
+
+
+def _process_failure(argv: tuple[str, ...], returncode: int, stderr: str) -> str:
+    program = os.path.basename(argv[0]) if argv else "the process"
+    if returncode < 0:
+        status = f"was killed by signal {-returncode}"
+    else:
+        status = f"exited with status {returncode}"
+    last = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "")
+    return f"{program} {status}: {last[:300]}" if last else f"{program} {status}"
 
 
 class JobError(LanewayError):

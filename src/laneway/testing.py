@@ -8,14 +8,18 @@ a user can check that their handlers and settings survive it::
         await laneway.testing.hang_ignoring_cancel()   # a call that never returns
 
 ``FakeOpenAI`` is an OpenAI-compatible endpoint on loopback whose replies,
-errors and hangs a test scripts request by request.
+errors and hangs a test scripts request by request. ``fake_agent_cli()`` is
+the command line of a fake agent CLI (text or Claude Code's stream-json) that
+streams, hangs with SIGTERM ignored, crashes or fails on command.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
 
 from ._fakeopenai import FakeOpenAI, FakeRequest
 
@@ -23,6 +27,7 @@ __all__ = [
     "FakeOpenAI",
     "FakeRequest",
     "block_loop",
+    "fake_agent_cli",
     "hang",
     "hang_ignoring_cancel",
     "model_stream",
@@ -69,3 +74,27 @@ async def model_stream(
         if delay:
             await asyncio.sleep(delay)
         yield chunk
+
+
+def fake_agent_cli(
+    format: str = "text", *, state: str | Path | None = None, delay: float = 0.0
+) -> list[str]:
+    """The command line of a fake agent CLI; append the message as its last argument.
+
+    ``format`` is ``"text"`` or ``"stream-json"`` (Claude Code's shape: an
+    ``init`` with a session id, assistant text, a tool call and its result, a
+    final ``result``). With ``state`` (a directory) it keeps a turn count per
+    session and takes ``--resume ID``. ``delay`` is seconds between lines.
+    The message may be a command: ``/stream N S``, ``/long N``, ``/hang``
+    (prints ``pid P`` and ``child C``, then blocks with SIGTERM ignored in both),
+    ``/fail CODE``, ``/crash``, ``/crash-once``; anything else is answered.
+    """
+    if format not in ("text", "stream-json"):
+        raise ValueError(f"format must be 'text' or 'stream-json', got {format!r}")
+    script = Path(__file__).with_name("_fake_agent_cli.py")
+    argv = [sys.executable, str(script), "--format", format]
+    if state is not None:
+        argv += ["--state", str(state)]
+    if delay:
+        argv += ["--delay", repr(float(delay))]
+    return argv

@@ -8,7 +8,8 @@ import os
 import time
 from typing import Any
 
-from laneway import TurnContext
+from laneway import ProcessFailed, TurnContext
+from laneway.handlers.cli import CliModel
 from laneway.testing import model_stream
 
 
@@ -118,3 +119,22 @@ async def run_tools(ctx: TurnContext, payload: Any) -> dict[str, Any]:
         "rc": res.returncode,
         "sum": value,
     }
+
+
+async def agent_cli(ctx: TurnContext, payload: dict[str, Any]) -> str:
+    """The built-in cli model, configured by the payload (workers import handlers by name)."""
+    model = CliModel(payload["command"], format=payload["format"], resume_arg=payload.get("resume"))
+    return await model.turn(ctx, payload)
+
+
+async def stream_lines(ctx: TurnContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """The first ``payload["take"]`` lines (all if None) and how the stream ended."""
+    got: list[str] = []
+    try:
+        async for line in ctx.stream_process(*payload["argv"], max_line=payload["max_line"]):
+            got.append(line)
+            if len(got) == payload["take"]:
+                break  # abandoned: the stream kills the group here, in the worker
+    except ProcessFailed as exc:
+        return {"lines": got, "returncode": exc.returncode, "stderr": exc.stderr}
+    return {"lines": got, "returncode": 0}

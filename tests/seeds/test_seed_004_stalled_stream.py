@@ -6,18 +6,24 @@ because the task sat in an uncancellable await. The fix it describes: an idle
 timeout per stream *item* (not per turn), retry only if nothing was streamed
 yet, and a stop registry whose done-callback cannot remove a newer task's
 entry. Each of those is pinned here against the public API.
+
+The live repro at the end runs the real thing: the built-in ``cli`` model on
+a fake agent CLI that prints two lines, then blocks on a socket with SIGTERM
+ignored, as does a child it started (real processes, so real time).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
-from laneway import JobState, Laneway, Limits, Retry, TurnContext
-from laneway.testing import hang, model_stream
+from laneway import Event, JobState, Laneway, Limits, Retry, TurnContext
+from laneway.handlers import register_cli
+from laneway.testing import fake_agent_cli, hang, model_stream
 
-from .._helpers import Starts, Stubborn, events_of, now, state, terminal_counts
+from .._helpers import Starts, Stubborn, all_gone, events_of, gone, now, state, terminal_counts
 from ..conftest import MakeLaneway
 
 pytestmark = pytest.mark.looptime
@@ -239,3 +245,86 @@ async def test_a_zombie_attempt_ending_late_does_not_touch_its_own_retry(
         "job.started",
         "job.cancelled",
     ]
+
+
+LIVE_IDLE = 1.0
+LIVE_GRACE = 1.0  # TERM, then KILL half of it later
+
+
+class _Clock:
+    """When each event reached the bus (real time), by job and kind."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, Event]] = []
+
+    def __call__(self, event: Event) -> None:
+        self.seen.append((time.monotonic(), event))
+
+    def at(self, job_id: str, kind: str) -> list[float]:
+        return [t for t, e in self.seen if e.job_id == job_id and e.kind == kind]
+
+    def pids(self, job_id: str) -> list[int]:
+        texts = [e.data["text"] for _, e in self.seen if e.job_id == job_id and e.kind == "delta"]
+        return [int(t.split()[1]) for t in texts]
+
+
+async def _live(make_laneway: MakeLaneway, idle: float) -> tuple[Laneway, _Clock]:
+    lw = make_laneway(
+        limits=Limits(deadline=60, idle=idle, cancel_grace=LIVE_GRACE),
+        retry=Retry(max_attempts=3, backoff=0.05),
+    )
+    register_cli(lw, command=fake_agent_cli())
+    clock = _Clock()
+    lw.add_listener(clock)
+    await lw.start()
+    return lw, clock
+
+
+async def _both_lines(clock: _Clock, job_id: str) -> list[int]:
+    async with asyncio.timeout(10):
+        while len(clock.pids(job_id)) < 2:
+            await asyncio.sleep(0.01)
+    pids = clock.pids(job_id)
+    assert not any(gone(p) for p in pids)  # the CLI and its child, both alive and silent
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.looptime(False)
+async def test_live_a_silent_cli_times_out_idle_dies_and_the_next_message_runs(
+    make_laneway: MakeLaneway,
+) -> None:
+    lw, clock = await _live(make_laneway, LIVE_IDLE)
+    stuck = await lw.submit("alice", "cli", {"text": "/hang"})
+    following = await lw.submit("alice", "cli", {"text": "hello again"})
+    pids = await _both_lines(clock, stuck.id)
+    outcome = await stuck.wait()
+    assert (outcome.state, outcome.reason, outcome.attempts) == (JobState.TIMED_OUT, "idle", 1)
+    last_line = clock.at(stuck.id, "delta")[-1]
+    ended = clock.at(stuck.id, "job.timed_out")[0]
+    # Idle after the last line, then TERM (ignored) and KILL half a grace later.
+    assert LIVE_IDLE <= ended - last_line < LIVE_IDLE + LIVE_GRACE + 1.0
+    assert await all_gone(pids, within=LIVE_GRACE)
+    assert await following.result() == "hello\nagain"
+    assert clock.at(following.id, "job.started")[0] >= ended
+    kinds = [e.kind for e in await events_of(lw, "alice") if e.job_id == stuck.id]
+    assert kinds == ["job.queued", "job.started", "delta", "delta", "job.timed_out"]  # no replay
+
+
+@pytest.mark.slow
+@pytest.mark.looptime(False)
+async def test_live_stop_during_the_silence_ends_the_turn_within_the_grace(
+    make_laneway: MakeLaneway,
+) -> None:
+    lw, clock = await _live(make_laneway, 60.0)
+    stuck = await lw.submit("alice", "cli", {"text": "/hang"})
+    following = await lw.submit("alice", "cli", {"text": "next"})
+    pids = await _both_lines(clock, stuck.id)
+    t0 = time.monotonic()
+    result = await lw.stop("alice")
+    assert time.monotonic() - t0 < LIVE_GRACE + 0.5
+    assert result.cancelled == [stuck.id]
+    assert (await stuck.wait()).state is JobState.CANCELLED
+    assert await all_gone(pids, within=LIVE_GRACE)
+    assert await following.result() == "next"
+    assert clock.at(following.id, "job.started")[0] - t0 < LIVE_GRACE + 0.5

@@ -8,6 +8,7 @@ import importlib
 import laneway
 
 PUBLIC = {
+    "ProcessFailed",
     "ProcessPool",
     "Closed",
     "ConfigError",
@@ -55,6 +56,7 @@ ERRORS = {
     "JobTimedOut",
     "NotRequeueable",
     "Overloaded",
+    "ProcessFailed",
     "StoreError",
     "UnknownHandler",
     "UnknownJob",
@@ -97,6 +99,7 @@ def test_the_testing_helpers_are_importable() -> None:
         "FakeOpenAI",
         "FakeRequest",
         "block_loop",
+        "fake_agent_cli",
         "hang",
         "hang_ignoring_cancel",
         "model_stream",

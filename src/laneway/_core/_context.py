@@ -10,7 +10,7 @@ the few primitives they stand on.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
@@ -18,6 +18,7 @@ from .._errors import InvalidPayload
 from .._types import UNSET, Event, LimitValue, ProcessResult
 from ._json import check_json
 from ._proc import ProcessHost, run_process
+from ._proc_stream import MAX_LINE, stream_process
 
 __all__ = ["TurnContext", "TurnHost"]
 
@@ -157,6 +158,27 @@ class TurnContext:
         cancelled and again when the attempt ends, however it ends.
         """
         return await run_process(self._host, argv, input=input, cwd=cwd, env=env)
+
+    def stream_process(
+        self,
+        *argv: str,
+        input: bytes | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        idle: LimitValue = UNSET,
+        max_line: int = MAX_LINE,
+    ) -> AsyncGenerator[str, None]:
+        """Iterate a subprocess's stdout lines as they come (newline stripped,
+        longer than ``max_line`` characters split); each line is progress.
+
+        The child runs in its own process group, killed (TERM, grace, KILL)
+        when the iteration ends, is abandoned or cancelled, and when the
+        attempt ends. A non-zero exit raises ``ProcessFailed`` with the stderr
+        tail. ``idle`` overrides the idle limit for the stream, as in ``stream``.
+        """
+        return stream_process(
+            self._host, argv, input=input, cwd=cwd, env=env, idle=idle, max_line=max_line
+        )
 
     async def history(self, limit: int = 50, *, before: int | None = None) -> list[Event]:
         """Up to ``limit`` earlier events of this session (before this attempt started).

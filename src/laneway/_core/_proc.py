@@ -18,11 +18,19 @@ import logging
 import os
 import signal
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from .._types import ProcessResult
 
-__all__ = ["ProcessHost", "group_alive", "kill_group", "run_process", "signal_group"]
+__all__ = [
+    "ProcessHost",
+    "feed",
+    "group_alive",
+    "kill_group",
+    "run_process",
+    "signal_group",
+    "spawn",
+]
 
 _READ_CHUNK = 64 * 1024
 
@@ -94,10 +102,10 @@ async def run_process(
     """
     if not argv:
         raise ValueError("run_process needs a program to run")
-    proc = await _spawn(host, argv, input is not None, cwd, env)
+    proc = await spawn(host, argv, input is not None, cwd, env)
     try:
         out, err, _ = await asyncio.gather(
-            _drain(host, proc.stdout), _drain(host, proc.stderr), _feed(proc, input)
+            _drain(host, proc.stdout), _drain(host, proc.stderr), feed(proc, input)
         )
         returncode = await proc.wait()
     finally:
@@ -106,15 +114,19 @@ async def run_process(
     return ProcessResult(returncode, out, err)
 
 
-async def _spawn(
+async def spawn(
     host: ProcessHost,
     argv: tuple[str, ...],
     stdin: bool,
     cwd: str | None,
     env: Mapping[str, str] | None,
 ) -> asyncio.subprocess.Process:
-    own = host.own_session
-    spawn = asyncio.ensure_future(
+    """Start ``argv`` in a group (or session) of its own, adopted by ``host``."""
+    # uvloop (the server's loop) refuses a ``process_group`` keyword, even None.
+    group: dict[str, Any] = (
+        {"start_new_session": True} if host.own_session else {"process_group": 0}
+    )
+    starting = asyncio.ensure_future(
         asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
@@ -122,16 +134,15 @@ async def _spawn(
             stderr=asyncio.subprocess.PIPE,
             cwd=cwd,
             env=env,
-            start_new_session=own,
-            process_group=None if own else 0,
+            **group,
         )
     )
     try:
-        proc = await asyncio.shield(spawn)
+        proc = await asyncio.shield(starting)
     except asyncio.CancelledError:
         # The child may already run (and have children of its own): a cancelled
         # spawn only kills the leader, so hand the group to the host once it exists.
-        spawn.add_done_callback(lambda f: _adopt_spawned(host, f))
+        starting.add_done_callback(lambda f: _adopt_spawned(host, f))
         raise
     host.adopt(proc)
     return proc
@@ -152,7 +163,7 @@ async def _drain(host: ProcessHost, reader: asyncio.StreamReader | None) -> byte
     return b"".join(chunks)
 
 
-async def _feed(proc: asyncio.subprocess.Process, data: bytes | None) -> None:
+async def feed(proc: asyncio.subprocess.Process, data: bytes | None) -> None:
     if data is None or proc.stdin is None:
         return
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):

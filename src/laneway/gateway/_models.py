@@ -1,6 +1,6 @@
 """Which model handler the gateway serves: the one place that wires settings to handlers.
 
-``demo`` and ``openai`` live in ``laneway.handlers`` and are imported lazily,
+``demo``, ``openai`` and ``cli`` live in ``laneway.handlers`` and are imported lazily,
 so the OpenAI SDK is only loaded when that model is chosen. ``echo`` answers
 at once with the text it got (smoke tests, gateway benchmarks).
 """
@@ -23,6 +23,8 @@ def register_model(lw: Laneway, settings: Settings) -> str:
         return "demo"
     if settings.model == "openai":
         return _register_openai(lw, settings)
+    if settings.model == "cli":
+        return _register_cli(lw, settings)
     _register_echo(lw)
     return "echo"
 
@@ -59,6 +61,21 @@ def _register_openai(lw: Laneway, settings: Settings) -> str:
         lanes=("llm",),
     )
     return "openai"
+
+
+def _register_cli(lw: Laneway, settings: Settings) -> str:
+    from ..handlers.cli import register_cli
+
+    assert settings.cli_command, "checked by Settings"
+    register_cli(
+        lw,
+        name="cli",
+        command=settings.cli_command,
+        format=settings.cli_format,
+        resume_arg=settings.cli_resume_arg,
+        lanes=("llm",),
+    )
+    return "cli"
 
 
 def _register_echo(lw: Laneway) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shutil
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -60,13 +61,20 @@ class Settings(BaseSettings):
     tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(
         default_factory=dict, description="bearer tokens, 'name:secret,name2:secret2'"
     )
-    model: Literal["demo", "openai", "echo"] = Field("demo", description="the model handler")
+    model: Literal["demo", "openai", "echo", "cli"] = Field("demo", description="the model handler")
     openai_base_url: str | None = Field(None, description="OpenAI-compatible endpoint")
     openai_model: str | None = Field(None, description="model name for the openai handler")
     openai_api_key: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("openai_api_key", "LANEWAY_OPENAI_API_KEY", "OPENAI_API_KEY"),
         description="API key (env OPENAI_API_KEY)",
+    )
+    cli_command: str | None = Field(
+        None, description="agent CLI command line for model 'cli' (message appended or at {text})"
+    )
+    cli_format: Literal["text", "stream-json"] = Field("text", description="the CLI's output")
+    cli_resume_arg: str | None = Field(
+        None, description="arguments that resume the CLI's session, e.g. '--resume {session_id}'"
     )
     llm_lane: int = Field(8, ge=1, description="cap of the shared 'llm' lane (turns at once)")
     session_limit: int = Field(1, ge=1, description="turns at once per session")
@@ -132,7 +140,19 @@ class Settings(BaseSettings):
             )
         if self.model == "openai" and not self.openai_model:
             raise ValueError("model 'openai' needs LANEWAY_OPENAI_MODEL (the model name)")
+        if self.model == "cli":
+            self._check_cli()
         return self
+
+    def _check_cli(self) -> None:
+        if not self.cli_command:
+            raise ValueError("model 'cli' needs LANEWAY_CLI_COMMAND (the agent CLI's command line)")
+        from ..handlers.cli import CliModel
+
+        model = CliModel(self.cli_command, format=self.cli_format, resume_arg=self.cli_resume_arg)
+        if shutil.which(model.command[0]) is None:
+            # Found out at start, not as a failed first turn after its retries.
+            raise ValueError(f"cli_command: {model.command[0]!r} is not an executable on PATH")
 
     @classmethod
     def settings_customise_sources(

@@ -1,19 +1,21 @@
-"""Built-in handlers: the ``demo`` model and the ``openai`` model.
+"""Built-in handlers: the ``demo`` model, the ``openai`` model and the ``cli`` model.
 
-Nothing is registered at import: call ``register_demo(lw)`` or
-``register_openai(lw, ...)`` on the Laneway that should run them.
+Nothing is registered at import: call ``register_demo(lw)``,
+``register_openai(lw, ...)`` or ``register_cli(lw, command=...)`` on the
+Laneway that should run them.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .cli import register_cli
 from .demo import register_demo
 
 if TYPE_CHECKING:
     from .openai import register_openai
 
-__all__ = ["register_demo", "register_openai"]
+__all__ = ["register_cli", "register_demo", "register_openai"]
 
 
 def __getattr__(name: str) -> object:
