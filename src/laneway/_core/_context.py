@@ -63,7 +63,7 @@ class TurnContext:
             raise InvalidPayload(f"event kind must be a non-empty string (<= 64 chars): {kind!r}")
         if kind.startswith("job."):
             raise InvalidPayload(f"event kinds starting with 'job.' are reserved: {kind!r}")
-        check_json(data, "event data")
+        check_json(data, "event data", self._lw.max_event_bytes)
         return await self._lw._emit(self._att, kind, data)
 
     async def stream(self, source: AsyncIterable[T], idle: LimitValue = UNSET) -> AsyncIterator[T]:

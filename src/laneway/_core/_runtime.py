@@ -272,6 +272,7 @@ class Laneway:
         wait_warn: float = 60.0,
         sync_workers: int = 32,
         process_pool: ProcessPool | None = None,
+        max_event_bytes: int = 1_048_576,
     ) -> None:
         self.lanes = self._check_lanes(lanes or {})
         self.session_limit = _positive_int("session_limit", session_limit)
@@ -298,6 +299,7 @@ class Laneway:
         if process_pool is not None and not isinstance(process_pool, ProcessPool):
             raise ConfigError(f"process_pool must be a ProcessPool, got {process_pool!r}")
         self.process_pool = process_pool
+        self.max_event_bytes = _positive_int("max_event_bytes", max_event_bytes)
         self.store: Store = open_store(store) if isinstance(store, str) else store
         if not isinstance(self.store, Store):
             raise ConfigError(f"store must be a URL or a Store, got {store!r}")
