@@ -1143,15 +1143,24 @@ class Laneway:
         return info
 
     async def jobs(
-        self, state: JobState | str | None = None, *, session: str | None = None, limit: int = 100
+        self,
+        state: JobState | str | None = None,
+        *,
+        session: str | None = None,
+        prefix: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
     ) -> list[JobInfo]:
-        """Jobs, newest first, filtered by state and session."""
+        """Jobs, newest first, filtered by state and by session or session-key
+        ``prefix``; ``before`` (a job id) gives the page after that job."""
         if state is not None and not isinstance(state, JobState):
             try:
                 state = JobState(state)
             except ValueError:
                 raise ConfigError(f"unknown job state {state!r}") from None
-        return await self.store.list_jobs(state=state, session=session, limit=limit)
+        return await self.store.list_jobs(
+            state=state, session=session, prefix=prefix, before=before, limit=limit
+        )
 
     async def events(self, session: str, after: int = 0) -> AsyncIterator[Event]:
         """The session's events with ``seq > after``: replayed, then live."""

@@ -24,7 +24,12 @@ from typing import Any
 
 from .._types import Event, JobInfo, JobState
 
-__all__ = ["Store"]
+__all__ = ["Store", "namespace_of"]
+
+
+def namespace_of(prefix: str) -> str | None:
+    """``prefix`` if it names a namespace (``"name/"``), else ``None``."""
+    return prefix if prefix.endswith("/") and prefix.count("/") == 1 else None
 
 
 class Store(abc.ABC):
@@ -123,9 +128,21 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_jobs(
-        self, *, state: JobState | None = None, session: str | None = None, limit: int = 100
+        self,
+        *,
+        state: JobState | None = None,
+        session: str | None = None,
+        prefix: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
     ) -> list[JobInfo]:
-        """Jobs, newest first."""
+        """Jobs, newest first: of one ``session``, or of the sessions whose key
+        starts with ``prefix``; ``before`` (a job id) continues a listing after
+        that job (nothing if it is unknown).
+
+        A namespace prefix (``"name/"``: one slash, at the end) is answered from
+        an index, without reading other namespaces' jobs.
+        """
 
     @abc.abstractmethod
     async def read_events(self, session: str, *, after: int = 0, limit: int = 1000) -> list[Event]:

@@ -8,11 +8,13 @@ everything is lost when the process ends.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from .._types import TERMINAL_STATES, Event, JobInfo, JobState
-from ._base import Store
+from ._base import Store, namespace_of
 
 __all__ = ["MemoryStore", "job_event_data"]
 
@@ -44,6 +46,7 @@ class _Rec:
         "id",
         "idempotency_key",
         "lost",
+        "num",
         "output",
         "payload",
         "priority",
@@ -63,7 +66,9 @@ class _Rec:
         priority: int,
         key: str | None,
         now: float,
+        num: int,
     ) -> None:
+        self.num = num  # acceptance order
         self.id = job_id
         self.session = session
         self.handler = handler
@@ -106,6 +111,8 @@ class MemoryStore(Store):
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
         self._jobs: dict[str, _Rec] = {}
+        self._order: list[_Rec] = []  # every job, in acceptance order
+        self._namespaces: dict[str, list[_Rec]] = {}  # the same, by namespace
         self._keys: dict[tuple[str, str], str] = {}
         self._events: dict[str, list[Event]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -161,8 +168,14 @@ class MemoryStore(Store):
                 return self._done((self._jobs[existing].info(), None))
             self._keys[(session, idempotency_key)] = job_id
         now = time.time()
-        rec = _Rec(job_id, session, handler, payload, priority, idempotency_key, now)
+        rec = _Rec(
+            job_id, session, handler, payload, priority, idempotency_key, now, len(self._order)
+        )
         self._jobs[job_id] = rec
+        self._order.append(rec)
+        head, slash, _ = session.partition("/")
+        if slash:
+            self._namespaces.setdefault(head + slash, []).append(rec)
         data = {"handler": handler, "payload": payload}
         ev = self._append(session, job_id, "job.queued", data, now)
         return self._done((rec.info(), ev))
@@ -253,17 +266,35 @@ class MemoryStore(Store):
         return rec.info() if rec is not None else None
 
     async def list_jobs(
-        self, *, state: JobState | None = None, session: str | None = None, limit: int = 100
+        self,
+        *,
+        state: JobState | None = None,
+        session: str | None = None,
+        prefix: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
     ) -> list[JobInfo]:
         out: list[JobInfo] = []
-        for rec in reversed(self._jobs.values()):
-            if (state is None or rec.state is state) and (
-                session is None or rec.session == session
+        for rec in self._newest_first(prefix, before):
+            if (
+                (state is None or rec.state is state)
+                and (session is None or rec.session == session)
+                and (prefix is None or rec.session.startswith(prefix))
             ):
                 out.append(rec.info())
                 if len(out) >= limit:
                     break
         return out
+
+    def _newest_first(self, prefix: str | None, before: str | None) -> Iterator[_Rec]:
+        recs = self._order
+        if prefix is not None and namespace_of(prefix) is not None:
+            recs = self._namespaces.get(prefix, [])
+        end = len(recs)
+        if before is not None:
+            cursor = self._jobs.get(before)
+            end = 0 if cursor is None else bisect.bisect_left(recs, cursor.num, key=_num)
+        return (recs[i] for i in range(end - 1, -1, -1))
 
     async def read_events(self, session: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
         log = self._events.get(session, [])
@@ -274,3 +305,7 @@ class MemoryStore(Store):
         log = self._events.get(session, [])
         end = max(0, min(len(log), before - 1))
         return log[max(0, end - limit) : end]
+
+
+def _num(rec: _Rec) -> int:
+    return rec.num
