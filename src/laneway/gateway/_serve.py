@@ -11,6 +11,7 @@ from typing import Any
 import uvicorn
 
 from ._app import Gateway, create_app
+from ._logging import install_redaction
 from .settings import Settings
 
 __all__ = ["serve"]
@@ -61,6 +62,7 @@ def serve(settings: Settings) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    install_redaction(settings.secret_of())
     app = create_app(settings)
     gateway: Gateway = app.state.gateway
     config = uvicorn.Config(
