@@ -66,6 +66,7 @@ class JobOut(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[JobOut]
+    next: str | None = Field(description="pass as `before` for the next page; null on the last")
 
 
 class StopIn(_Strict):
@@ -217,18 +218,23 @@ async def list_jobs(
     who: Caller,
     state: JobState | None = None,
     session: Annotated[str | None, Query(pattern=SESSION_PATTERN, max_length=128)] = None,
+    before: Annotated[str | None, Query(max_length=128, description="a job id: older jobs")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JobList:
-    """Jobs, newest first, filtered by state and session (e.g. ``?state=dead``)."""
+    """This token's jobs, newest first, filtered by state and session (e.g. ``?state=dead``),
+    in pages: ``next`` is the ``before`` of the following page."""
     gw = gateway_of(request)
+    if before is not None:
+        info = await gw.lw.get(before)
+        if info is None or not who.owns(info.session):
+            raise ApiError(422, "invalid_cursor", "before must be the id of one of your jobs")
     if session is not None:
-        infos = await gw.lw.jobs(state, session=who.internal(session), limit=limit)
-    elif who.name is None:
-        infos = await gw.lw.jobs(state, limit=limit)
-    else:  # other tokens' jobs are filtered out of a wider window
-        wide = await gw.lw.jobs(state, limit=min(limit * 20, 10_000))
-        infos = [i for i in wide if who.owns(i.session)][:limit]
-    return JobList(jobs=[job_out(i, who) for i in infos])
+        key = who.internal(session)
+        infos = await gw.lw.jobs(state, session=key, before=before, limit=limit)
+    else:  # the token's namespace, from its own index: other tokens' jobs are never read
+        infos = await gw.lw.jobs(state, prefix=who.prefix or None, before=before, limit=limit)
+    following = infos[-1].id if len(infos) == limit else None
+    return JobList(jobs=[job_out(i, who) for i in infos], next=following)
 
 
 @router.post("/v1/jobs/{job_id}/requeue", tags=["jobs"], responses={**_ERRORS, 404: {}, 409: {}})
@@ -250,7 +256,10 @@ async def requeue_job(request: Request, job_id: JobId, who: Caller) -> Accepted:
 
 
 def snapshot_out(snap: Snapshot, who: Principal) -> SnapshotOut:
-    lanes = []
+    """What ``who`` may see: shared lanes (capacity and load, no session names), its own
+    session lanes, zombies and job counts, and loop health."""
+    lanes: list[LaneOut] = []
+    mine: list[LaneOut] = []
     for lane in snap.lanes:
         name = lane.name
         if name.startswith("session:"):
@@ -258,25 +267,27 @@ def snapshot_out(snap: Snapshot, who: Principal) -> SnapshotOut:
             if not who.owns(key):
                 continue
             name = "session:" + who.external(key)
-        lanes.append(
-            LaneOut(
-                name=name,
-                limit=lane.limit,
-                active=lane.active,
-                queued=lane.queued,
-                oldest_active_s=lane.oldest_active_s,
-                oldest_queued_s=lane.oldest_queued_s,
-            )
+        out = LaneOut(
+            name=name,
+            limit=lane.limit,
+            active=lane.active,
+            queued=lane.queued,
+            oldest_active_s=lane.oldest_active_s,
+            oldest_queued_s=lane.oldest_queued_s,
         )
+        lanes.append(out)
+        if name.startswith("session:"):
+            mine.append(out)
     zombies = [
         ZombieOut(job_id=z.job_id, session=who.external(z.session), kind=z.kind, age_s=z.age_s)
         for z in snap.zombies
         if who.owns(z.session)
     ]
+    shared = who.name is None  # without tokens everything is the caller's
     return SnapshotOut(
         lanes=lanes,
-        jobs_queued=snap.jobs_queued,
-        jobs_running=snap.jobs_running,
+        jobs_queued=snap.jobs_queued if shared else sum(lane.queued for lane in mine),
+        jobs_running=snap.jobs_running if shared else sum(lane.active for lane in mine),
         zombies=zombies,
         loop_lag=snap.loop_lag,
         loop_blocks=snap.loop_blocks,
@@ -285,7 +296,8 @@ def snapshot_out(snap: Snapshot, who: Principal) -> SnapshotOut:
 
 @router.get("/v1/lanes", tags=["lanes"], responses=_ERRORS)
 async def lanes(request: Request, who: Caller) -> SnapshotOut:
-    """Shared lanes, this caller's busy session lanes, zombies, loop health."""
+    """Shared lanes' capacity and load; this token's busy session lanes, job counts and
+    zombies; loop health."""
     return snapshot_out(gateway_of(request).lw.snapshot(), who)
 
 
