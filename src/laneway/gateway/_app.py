@@ -15,8 +15,10 @@ from .. import __version__
 from .._core._runtime import Laneway
 from .._types import Retry
 from ._errors import error_body, install_error_handlers
+from ._limits import StreamSlots
 from ._metrics import Metrics
 from ._models import register_model
+from ._paths import EncodedSlashes
 from .settings import Settings
 
 __all__ = ["Gateway", "create_app"]
@@ -33,6 +35,7 @@ class Gateway:
         self.closing = asyncio.Event()
         self.streams: set[asyncio.Task[None]] = set()  # WebSocket subscriptions
         self.waits: set[asyncio.Timeout] = set()  # SSE streams waiting for an event
+        self.stream_slots = StreamSlots(settings.max_streams_per_token)
         self._lw: Laneway | None = None
         self._seen_blocks = 0
         self._last_block = -1e18
@@ -55,6 +58,7 @@ class Gateway:
             max_queued=s.max_queued,
             max_queued_per_session=s.max_queued_per_session,
             watchdog_threshold=s.watchdog_threshold,
+            max_event_bytes=s.max_event_bytes,
         )
         self.handler = register_model(lw, s)
         self.metrics.watch(lw)
@@ -98,11 +102,13 @@ class Gateway:
 
 
 class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes with 413 before the app reads them."""
+    """Refuse request bodies over ``limit`` bytes with 413 before the app reads them,
+    and bodies that stall (no chunk for ``timeout`` seconds) with 408."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, timeout: float = 10.0) -> None:
         self.app = app
         self.limit = limit
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -115,7 +121,12 @@ class BodyLimit:
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    message = await receive()
+            except TimeoutError:  # a client that stops sending must not hold its connection
+                await self._refuse(send, 408, "body_timeout", f"no body for {self.timeout:g} s")
+                return
             if message["type"] != "http.request":
                 await self.app(scope, _replay([message]), send)
                 return
@@ -129,17 +140,19 @@ class BodyLimit:
         body: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
         await self.app(scope, _replay([body], receive), send)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(
+        self, send: Send, status: int = 413, code: str = "body_too_large", text: str = ""
+    ) -> None:
         import json
 
-        payload = json.dumps(
-            error_body("body_too_large", f"request bodies are limited to {self.limit} bytes")
-        ).encode()
+        text = text or f"request bodies are limited to {self.limit} bytes"
+        payload = json.dumps(error_body(code, text)).encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", b"%d" % len(payload)),
+            (b"connection", b"close"),
         ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
 
@@ -185,5 +198,6 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(router)
     app.include_router(stream_router)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, timeout=settings.body_timeout)
+    app.add_middleware(EncodedSlashes)
     return app

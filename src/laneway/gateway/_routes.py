@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Body, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from .._errors import LanewayError, UnknownHandler
+from .._errors import LanewayError, Overloaded, UnknownHandler
 from .._types import JobInfo, JobState, Snapshot
 from ._app import Gateway
 from ._auth import SESSION_PATTERN, Caller, Principal, bearer_secret, principal_for
@@ -70,7 +70,7 @@ class JobList(BaseModel):
 
 
 class StopIn(_Strict):
-    drop_queued: bool = False
+    drop_queued: StrictBool = False  # JSON true/false only: "false" or 0 must not drop a queue
 
 
 class StopOut(BaseModel):
@@ -139,16 +139,50 @@ async def submit(gw: Gateway, who: Principal, session: str, body: MessageIn) -> 
         raise ApiError(
             422, "text_too_long", f"text is limited to {gw.settings.max_text_chars} characters"
         )
+    handler, payload = body.handler or gw.handler, {"text": body.text}
     started = time.perf_counter()
-    job = await gw.lw.submit(
-        key, body.handler or gw.handler, {"text": body.text}, idempotency_key=body.idempotency_key
-    )
+    try:
+        job_id = (
+            await gw.lw.submit(key, handler, payload, idempotency_key=body.idempotency_key)
+        ).id
+    except Overloaded:
+        # A retry of a message already accepted is answered even when the queue is full.
+        earlier = await _accepted_before(gw, key, body.idempotency_key)
+        if earlier is None:
+            raise
+        job_id = earlier.id
     gw.metrics.submit.observe(time.perf_counter() - started)
     state = JobState.QUEUED
     if body.idempotency_key is not None:  # may be an earlier job: say where it is
-        info = await gw.lw.get(job.id)
+        info = await gw.lw.get(job_id)
+        if info is not None and (info.handler, info.payload) != (handler, payload):
+            raise ApiError(
+                409,
+                "idempotency_conflict",
+                f"idempotency_key was used for another message (job {info.id})",
+            )
         state = info.state if info is not None else state
-    return Accepted(job_id=job.id, session=session, state=state)
+    return Accepted(job_id=job_id, session=session, state=state)
+
+
+#: How far back a retry's earlier job is looked for when the queue is full.
+_RETRY_LOOKBACK_PAGES, _RETRY_PAGE = 5, 200
+
+
+async def _accepted_before(gw: Gateway, key: str, idempotency_key: str | None) -> JobInfo | None:
+    """The job of ``key`` accepted with ``idempotency_key``, among its newest jobs."""
+    if idempotency_key is None:
+        return None
+    before = None
+    for _ in range(_RETRY_LOOKBACK_PAGES):
+        page = await gw.lw.jobs(session=key, before=before, limit=_RETRY_PAGE)
+        for info in page:
+            if info.idempotency_key == idempotency_key:
+                return info
+        if len(page) < _RETRY_PAGE:
+            return None
+        before = page[-1].id
+    return None
 
 
 _MESSAGE_BODY = {
@@ -157,13 +191,22 @@ _MESSAGE_BODY = {
 }
 
 
-async def read_message(request: Request) -> MessageIn:
-    """The body as a ``MessageIn``; a bad one raises the usual 422."""
+B = TypeVar("B", bound=BaseModel)
+
+
+async def read_body(request: Request, model: type[B], empty: bytes | None = None) -> B:
+    """The body as JSON whatever its Content-Type (``empty`` stands in for no body);
+    a bad one raises the usual 422."""
+    raw = await request.body()
     try:
-        return MessageIn.model_validate_json(await request.body())
+        return model.model_validate_json(raw if raw or empty is None else empty)
     except ValidationError as exc:
         errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
         raise RequestValidationError(errors) from None
+
+
+async def read_message(request: Request) -> MessageIn:
+    return await read_body(request, MessageIn)
 
 
 # The hot path: auth and body are read directly rather than through dependencies
@@ -186,16 +229,22 @@ async def post_message(request: Request, session: SessionKey) -> JSONResponse:
     )
 
 
-@router.post("/v1/sessions/{session}/stop", tags=["sessions"], responses=_ERRORS)
-async def stop_session(
-    request: Request,
-    session: SessionKey,
-    who: Caller,
-    body: Annotated[StopIn | None, Body()] = None,
-) -> StopOut:
+@router.post(
+    "/v1/sessions/{session}/stop",
+    tags=["sessions"],
+    responses=_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": StopIn.model_json_schema()}},
+        }
+    },
+)
+async def stop_session(request: Request, session: SessionKey, who: Caller) -> StopOut:
     """End the running turn (within cancel_grace); optionally drop the queued ones."""
     gw = gateway_of(request)
-    result = await gw.lw.stop(who.internal(session), drop_queued=bool(body and body.drop_queued))
+    body = await read_body(request, StopIn, empty=b"{}")  # like messages: any Content-Type
+    result = await gw.lw.stop(who.internal(session), drop_queued=body.drop_queued)
     return StopOut(session=session, cancelled=result.cancelled, dropped=result.dropped)
 
 

@@ -74,6 +74,7 @@ def serve(settings: Settings) -> int:
         lifespan="on",
         timeout_graceful_shutdown=5,
         server_header=False,
+        ws_max_size=settings.max_body_bytes,  # a frame is a body: the same bound
     )
     server = _Server(config, gateway, settings)
     server.run()
