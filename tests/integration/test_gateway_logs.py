@@ -25,6 +25,10 @@ async def test_no_secret_is_logged(level: str) -> None:
         async with connect(ws_url(srv) + f"?token={TOKENS['bob']}") as ws:
             await ws.send(json.dumps({"type": "subscribe", "session": s}))
             assert (await recv(ws))["type"] == "subscribed"
+        offered = ["laneway", f"bearer.{TOKENS['alice']}"]
+        async with connect(ws_url(srv), subprotocols=offered) as ws:  # type: ignore[arg-type]
+            await ws.send(json.dumps({"type": "subscribe", "session": s}))
+            assert (await recv(ws))["type"] == "subscribed"
         header = {"Authorization": f"Bearer {TOKENS['alice']}"}
         async with connect(ws_url(srv), additional_headers=header) as ws:
             await ws.send(json.dumps({"type": "subscribe", "session": s}))

@@ -249,9 +249,25 @@ class _WsConnection:
         self.subs.clear()
 
 
+#: Browsers cannot set headers on a WebSocket; they may offer the subprotocols
+#: ``laneway`` and ``bearer.<secret>`` instead (or, worse, since URLs travel
+#: further than headers, pass ``?token=<secret>``).
+SUBPROTOCOL = "laneway"
+_BEARER_PROTOCOL = "bearer."
+
+
 def _ws_secret(ws: WebSocket) -> str | None:
-    # Browsers cannot set headers on a WebSocket: they may pass ?token= instead.
-    return bearer_secret(ws.headers.get("authorization")) or ws.query_params.get("token")
+    offered = [p for p in ws.scope.get("subprotocols", ()) if p.startswith(_BEARER_PROTOCOL)]
+    return (
+        bearer_secret(ws.headers.get("authorization"))
+        or (offered[0][len(_BEARER_PROTOCOL) :] if offered else None)
+        or ws.query_params.get("token")
+    )
+
+
+def _subprotocol(ws: WebSocket) -> str | None:
+    """``laneway`` if the client offered it: the secret's protocol is never echoed back."""
+    return SUBPROTOCOL if SUBPROTOCOL in ws.scope.get("subprotocols", ()) else None
 
 
 @stream_router.websocket("/v1/ws")
@@ -266,7 +282,7 @@ async def websocket(ws: WebSocket) -> None:
         await _deny(ws, exc)
         return
     try:
-        await ws.accept()
+        await ws.accept(subprotocol=_subprotocol(ws))
         await _serve_socket(_WsConnection(gw, ws, who))
     finally:
         gw.stream_slots.give_back(who)
