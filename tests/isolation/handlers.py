@@ -118,3 +118,12 @@ async def run_tools(ctx: TurnContext, payload: Any) -> dict[str, Any]:
         "rc": res.returncode,
         "sum": value,
     }
+
+
+async def emit_sized(ctx: TurnContext, payload: dict[str, Any]) -> str:
+    """Emit ``size`` characters; report what the emit raised, if anything."""
+    try:
+        await ctx.emit("blob", "x" * payload["size"])
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "emitted"
