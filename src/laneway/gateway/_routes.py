@@ -216,7 +216,11 @@ async def read_message(request: Request) -> MessageIn:
     status_code=202,
     tags=["sessions"],
     response_model=Accepted,
-    responses={**_ERRORS, 429: {"description": "overloaded; see Retry-After"}},
+    responses={
+        **_ERRORS,
+        409: {"description": "idempotency_key was used for another message"},
+        429: {"description": "overloaded; see Retry-After"},
+    },
     openapi_extra={"requestBody": _MESSAGE_BODY, "security": [{"HTTPBearer": []}]},
 )
 async def post_message(request: Request, session: SessionKey) -> JSONResponse:

@@ -139,7 +139,12 @@ class _CountedStream(StreamingResponse):
     "/v1/sessions/{session}/events",
     tags=["sessions"],
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, 401: {}, 422: {}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        401: {},
+        422: {},
+        429: {"description": "too many event streams open for this token"},
+    },
 )
 async def session_events(
     request: Request,
