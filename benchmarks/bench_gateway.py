@@ -117,6 +117,8 @@ def server(store: str | None, src: str) -> Iterator[int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LANEWAY_")}
     env.update(PYTHONPATH=src, LANEWAY_MODEL="echo", LANEWAY_LOG_LEVEL="warning")
+    # All streams come from one (tokenless) client here: lift the per-token stream cap.
+    env.update(LANEWAY_MAX_STREAMS_PER_TOKEN="100000")
     if store is None:
         argv = [sys.executable, __file__, "--serve-bare", str(port)]
     else:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
+from urllib.parse import quote
 
 import httpx
 import typer
@@ -57,6 +58,11 @@ def _client(url: str, token: str | None, read: float | None = 10.0) -> Iterator[
             yield client
     except httpx.TransportError as exc:
         _fail(f"cannot reach laneway at {url}: {exc or type(exc).__name__}")
+
+
+def _segment(value: str) -> str:
+    """A session key or job id as one path segment: a "/", "?" or "#" in it stays in it."""
+    return quote(value, safe="")
 
 
 def _check(resp: httpx.Response) -> Any:
@@ -111,7 +117,7 @@ def send(
     if handler:
         body["handler"] = handler
     with _client(url, token, read=None if follow else 10.0) as client:
-        accepted = _check(client.post(f"/v1/sessions/{session}/messages", json=body))
+        accepted = _check(client.post(f"/v1/sessions/{_segment(session)}/messages", json=body))
         job_id = accepted["job_id"]
         if not follow:
             out.print(job_id, highlight=False)
@@ -123,7 +129,8 @@ def send(
 def _follow(client: httpx.Client, session: str, job_id: str) -> int:
     """Print the job's deltas as they arrive; the exit code once its terminal event comes."""
     printer = _ReplyPrinter()
-    with client.stream("GET", f"/v1/sessions/{session}/events", params={"after": 0}) as resp:
+    path = f"/v1/sessions/{_segment(session)}/events"
+    with client.stream("GET", path, params={"after": 0}) as resp:
         if not resp.is_success:
             resp.read()
             _check(resp)
@@ -275,7 +282,7 @@ def jobs(
 def requeue(job_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
     """Send a failed, timed_out or dead job back to its session's queue."""
     with _client(url, token) as client:
-        done = _check(client.post(f"/v1/jobs/{job_id}/requeue"))
+        done = _check(client.post(f"/v1/jobs/{_segment(job_id)}/requeue"))
     out.print(f"requeued {done['job_id']} (session {done['session']})", highlight=False)
 
 
@@ -289,7 +296,7 @@ def stop(
     """End the session's running turn (and with --drop-queued its queue)."""
     with _client(url, token) as client:
         result = _check(
-            client.post(f"/v1/sessions/{session}/stop", json={"drop_queued": drop_queued})
+            client.post(f"/v1/sessions/{_segment(session)}/stop", json={"drop_queued": drop_queued})
         )
     out.print(
         f"cancelled {len(result['cancelled'])} running, dropped {len(result['dropped'])} queued",

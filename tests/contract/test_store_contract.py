@@ -271,6 +271,40 @@ async def test_list_jobs_newest_first_with_filters(store: Store) -> None:
     assert await store.get_job("no-such-job") is None
 
 
+async def test_a_namespace_lists_all_its_jobs_in_pages(store: Store) -> None:
+    mine = [(await add(store, f"alice/s{i % 2}"))[0].id for i in range(5)]
+    for i in range(30):  # newer jobs of other namespaces never hide alice's
+        await add(store, f"bob/s{i}")
+    await add(store, "alice")  # no namespace: not alice's
+    await add(store, "alicex/s")  # a longer name sharing the start
+    pages: list[list[str]] = []
+    before = None
+    while page := [j.id for j in await store.list_jobs(prefix="alice/", before=before, limit=2)]:
+        pages.append(page)
+        before = page[-1]
+    assert pages == [mine[4:2:-1], mine[2:0:-1], mine[:1]]
+
+
+async def test_a_namespace_listing_filters_by_state_and_pages(store: Store) -> None:
+    failed = []
+    for i in range(4):
+        info = await started(store, "alice/s")
+        await finish(store, info.id, 1, JobState.FAILED if i % 2 else JobState.SUCCEEDED)
+        failed += [info.id] if i % 2 else []
+        await finish(store, (await started(store, "bob/s")).id, 1, JobState.FAILED)
+    listed = await store.list_jobs(state=JobState.FAILED, prefix="alice/", limit=1)
+    assert [j.id for j in listed] == failed[-1:]
+    rest = await store.list_jobs(state=JobState.FAILED, prefix="alice/", before=listed[0].id)
+    assert [j.id for j in rest] == failed[:1]
+
+
+async def test_any_prefix_filters_and_an_unknown_cursor_lists_nothing(store: Store) -> None:
+    ab = (await add(store, "ab/c/d"))[0].id
+    await add(store, "ax")
+    assert [j.id for j in await store.list_jobs(prefix="ab/c")] == [ab]
+    assert await store.list_jobs(prefix="a", before="no-such-job") == []
+
+
 async def test_seq_rises_by_one_per_session(store: Store) -> None:
     for i in range(3):
         await add(store, "a", payload=i)

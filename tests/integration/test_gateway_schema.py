@@ -11,13 +11,18 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 
-from .conftest import LiveServer
+from .conftest import TOKENS, LiveServer
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-def test_generated_requests_get_no_server_error(server: LiveServer, mode: GenerationMode) -> None:
+@pytest.mark.parametrize("tokens", [False, True], ids=["no-tokens", "with-a-token"])
+def test_generated_requests_get_no_server_error(
+    request: pytest.FixtureRequest, mode: GenerationMode, tokens: bool
+) -> None:
+    server: LiveServer = request.getfixturevalue("token_server" if tokens else "server")
+    headers = {"Authorization": f"Bearer {TOKENS['alice']}"} if tokens else None
     loaded = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     # The event stream never ends by design; it has its own tests.
     schema = loaded.exclude(path="/v1/sessions/{session}/events")
@@ -34,7 +39,7 @@ def test_generated_requests_get_no_server_error(server: LiveServer, mode: Genera
             suppress_health_check=list(HealthCheck),
         )
         def check(case: Any) -> None:
-            case.call_and_validate(checks=[not_a_server_error], timeout=10)
+            case.call_and_validate(headers=headers, checks=[not_a_server_error], timeout=10)
 
         try:
             check()

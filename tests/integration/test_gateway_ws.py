@@ -132,3 +132,18 @@ async def test_token_is_required_and_scopes_the_socket(token_server: LiveServer)
         frames = await until_terminal(ws, bob_job)
     assert job_id not in {f.get("job_id") for f in frames}
     assert frames[0]["seq"] == 1  # bob's session has its own log
+
+
+async def test_a_browser_passes_its_token_as_a_subprotocol(token_server: LiveServer) -> None:
+    s = session_name()
+    offered = ["laneway", f"bearer.{TOKENS['alice']}"]
+    async with connect(ws_url(token_server), subprotocols=offered) as ws:  # type: ignore[arg-type]
+        assert ws.subprotocol == "laneway"  # the secret is not echoed
+        await ws.send(json.dumps({"type": "send", "session": s, "text": "by subprotocol"}))
+        job_id = (await recv(ws))["job_id"]
+    with token_server.client("alice") as alice:
+        assert alice.get(f"/v1/jobs/{job_id}").json()["session"] == s
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(ws_url(token_server), subprotocols=["laneway", "bearer.wrong-secret"]):  # type: ignore[list-item]
+            pass
+    assert refused.value.response.status_code == 401

@@ -380,6 +380,28 @@ async def test_migrations_run_once_and_a_newer_schema_is_refused(tmp_path: Path)
         await SQLiteStore(url_of(path)).open()
 
 
+@pytest.mark.parametrize(
+    ("where", "index"),
+    [
+        ("", "jobs_namespace"),
+        ("AND state = 'dead' AND num < 10", "jobs_namespace_state"),
+    ],
+)
+def test_a_namespace_is_listed_from_its_index(where: str, index: str) -> None:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    migrate(conn)
+    plan = " ".join(
+        row[3]
+        for row in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM jobs"
+            f" WHERE substr(session, 1, instr(session, '/')) = 'alice/' {where}"
+            " ORDER BY num DESC LIMIT 10"
+        )
+    )
+    assert f"USING INDEX {index}" in plan
+    assert "TEMP B-TREE" not in plan  # already in order: a page reads only its own rows
+
+
 # -- upkeep and batching --------------------------------------------------------------
 
 

@@ -138,3 +138,12 @@ async def stream_lines(ctx: TurnContext, payload: dict[str, Any]) -> dict[str, A
     except ProcessFailed as exc:
         return {"lines": got, "returncode": exc.returncode, "stderr": exc.stderr}
     return {"lines": got, "returncode": 0}
+
+
+async def emit_sized(ctx: TurnContext, payload: dict[str, Any]) -> str:
+    """Emit ``size`` characters; report what the emit raised, if anything."""
+    try:
+        await ctx.emit("blob", "x" * payload["size"])
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "emitted"

@@ -129,3 +129,18 @@ async def test_decorating_at_module_level_works(
         assert pid != os.getpid()
     finally:
         await lw.close()
+
+
+async def test_an_emit_over_max_event_bytes_raises_in_the_worker(
+    make_laneway: MakeLaneway,
+) -> None:
+    lw = make_laneway(process_pool=ProcessPool(size=1), max_event_bytes=100)
+    lw.handler("emit", isolation="process")(handlers.emit_sized)
+    await lw.start()
+    fits = await (await lw.submit("s", "emit", {"size": 98})).result()
+    over = await (await lw.submit("s", "emit", {"size": 99})).result()
+    assert fits == "emitted"
+    assert over.startswith("InvalidPayload: ")
+    assert "max_event_bytes (100)" in over
+    blobs = [e.data for e in await lw.store.read_events("s") if e.kind == "blob"]
+    assert blobs == ["x" * 98]

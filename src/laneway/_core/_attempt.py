@@ -76,6 +76,9 @@ class AttemptOwner(Protocol):
     @property
     def timers(self) -> Timers: ...
 
+    @property
+    def max_event_bytes(self) -> int: ...
+
     def attempt_ended(
         self, att: Attempt, ended: Ended, result: Any, error: BaseException | None
     ) -> None:
@@ -279,6 +282,10 @@ class Attempt:
     @property
     def kill_grace(self) -> float:
         return self.job.limits.kill_grace
+
+    @property
+    def max_event_bytes(self) -> int:
+        return self._owner.max_event_bytes
 
     def progress(self) -> None:
         self.last_progress = self._owner.timers.now()

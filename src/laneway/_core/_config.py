@@ -100,6 +100,7 @@ class Config:
     wait_warn: float
     sync_workers: int
     process_pool: ProcessPool | None
+    max_event_bytes: int
 
 
 def make_config(
@@ -116,6 +117,7 @@ def make_config(
     wait_warn: Any,
     sync_workers: Any,
     process_pool: Any,
+    max_event_bytes: Any,
 ) -> Config:
     """Validate a Laneway's keyword arguments; ``ConfigError`` names the bad one."""
     _check_type("limits", limits, Limits)
@@ -139,6 +141,7 @@ def make_config(
         wait_warn=float(wait_warn),
         sync_workers=positive_int("sync_workers", sync_workers),
         process_pool=process_pool,
+        max_event_bytes=positive_int("max_event_bytes", max_event_bytes),
     )
 
 

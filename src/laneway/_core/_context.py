@@ -44,6 +44,8 @@ class TurnHost(ProcessHost, Protocol):
     def cancelled(self) -> bool: ...
     @property
     def idle_limit(self) -> float | None: ...
+    @property
+    def max_event_bytes(self) -> int: ...
 
     def set_idle_limit(self, idle: float | None) -> None: ...
 
@@ -109,7 +111,7 @@ class TurnContext:
             raise InvalidPayload(f"event kind must be a non-empty string (<= 64 chars): {kind!r}")
         if kind.startswith("job."):
             raise InvalidPayload(f"event kinds starting with 'job.' are reserved: {kind!r}")
-        check_json(data, "event data")
+        check_json(data, "event data", self._host.max_event_bytes)
         return await self._host.emit_event(kind, data)
 
     async def stream(self, source: AsyncIterable[T], idle: LimitValue = UNSET) -> AsyncIterator[T]:

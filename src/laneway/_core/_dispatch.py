@@ -73,6 +73,7 @@ class Dispatcher:
         self.runners = runners
         self.loop = loop
         self.timers = Timers(loop)
+        self.max_event_bytes = config.max_event_bytes
         self.reaper = Reaper(loop)
         self.slots: SlotSource[JobRecord] = local_slots(config.lanes, config.session_limit)
         self.jobs: dict[str, JobRecord] = {}

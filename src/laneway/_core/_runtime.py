@@ -135,6 +135,7 @@ class Laneway:
         wait_warn: float = 60.0,
         sync_workers: int = 32,
         process_pool: ProcessPool | None = None,
+        max_event_bytes: int = 1_048_576,
     ) -> None:
         self.config: Config = make_config(
             lanes=lanes,
@@ -149,6 +150,7 @@ class Laneway:
             wait_warn=wait_warn,
             sync_workers=sync_workers,
             process_pool=process_pool,
+            max_event_bytes=max_event_bytes,
         )
         self.store: Store = open_store(store) if isinstance(store, str) else store
         if not isinstance(self.store, Store):
@@ -190,6 +192,10 @@ class Laneway:
     @property
     def process_pool(self) -> ProcessPool | None:
         return self.config.process_pool
+
+    @property
+    def max_event_bytes(self) -> int:
+        return self.config.max_event_bytes
 
     def handler(
         self,
@@ -438,15 +444,24 @@ class Laneway:
         return info
 
     async def jobs(
-        self, state: JobState | str | None = None, *, session: str | None = None, limit: int = 100
+        self,
+        state: JobState | str | None = None,
+        *,
+        session: str | None = None,
+        prefix: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
     ) -> list[JobInfo]:
-        """Jobs, newest first, filtered by state and session."""
+        """Jobs, newest first, filtered by state and by session or session-key
+        ``prefix``; ``before`` (a job id) gives the page after that job."""
         if state is not None and not isinstance(state, JobState):
             try:
                 state = JobState(state)
             except ValueError:
                 raise ConfigError(f"unknown job state {state!r}") from None
-        return await self.store.list_jobs(state=state, session=session, limit=limit)
+        return await self.store.list_jobs(
+            state=state, session=session, prefix=prefix, before=before, limit=limit
+        )
 
     async def events(self, session: str, after: int = 0) -> AsyncIterator[Event]:
         """The session's events with ``seq > after``: replayed, then live."""

@@ -293,6 +293,7 @@ class ProcessRunner:
                 "target": target,
                 "idle": turn.idle_limit,
                 "kill_grace": turn.kill_grace,
+                "max_event_bytes": turn.max_event_bytes,
                 "job": {
                     "id": turn.job_id,
                     "session": turn.session,

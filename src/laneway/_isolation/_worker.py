@@ -174,6 +174,7 @@ class _WorkerHost:
         "handler",
         "job_id",
         "kill_grace",
+        "max_event_bytes",
         "number",
         "payload",
         "session",
@@ -190,6 +191,7 @@ class _WorkerHost:
         self._server = server
         self._idle: float | None = msg["idle"]
         self.kill_grace: float = msg["kill_grace"]
+        self.max_event_bytes: int = msg["max_event_bytes"]
         self.job_id: str = job["id"]
         self.session: str = job["session"]
         self.handler: str = job["handler"]

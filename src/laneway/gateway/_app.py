@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ._errors import error_body, install_error_handlers
 from ._gateway import Gateway
+from ._paths import EncodedSlashes
 from ._routes import router
 from ._stream import stream_router
 from .settings import Settings
@@ -19,11 +21,13 @@ __all__ = ["create_app"]
 
 
 class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes with 413 before the app reads them."""
+    """Refuse request bodies over ``limit`` bytes with 413 before the app reads them,
+    and bodies that stall (no chunk for ``timeout`` seconds) with 408."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, timeout: float = 10.0) -> None:
         self.app = app
         self.limit = limit
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -36,7 +40,12 @@ class BodyLimit:
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    message = await receive()
+            except TimeoutError:  # a client that stops sending must not hold its connection
+                await self._refuse(send, 408, "body_timeout", f"no body for {self.timeout:g} s")
+                return
             if message["type"] != "http.request":
                 await self.app(scope, _replay([message]), send)
                 return
@@ -50,17 +59,19 @@ class BodyLimit:
         body: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
         await self.app(scope, _replay([body], receive), send)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(
+        self, send: Send, status: int = 413, code: str = "body_too_large", text: str = ""
+    ) -> None:
         import json
 
-        payload = json.dumps(
-            error_body("body_too_large", f"request bodies are limited to {self.limit} bytes")
-        ).encode()
+        text = text or f"request bodies are limited to {self.limit} bytes"
+        payload = json.dumps(error_body(code, text)).encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", b"%d" % len(payload)),
+            (b"connection", b"close"),
         ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
 
@@ -103,5 +114,6 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(stream_router)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, timeout=settings.body_timeout)
+    app.add_middleware(EncodedSlashes)
     return app

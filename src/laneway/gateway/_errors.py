@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,7 +23,7 @@ from .._errors import (
     UnknownHandler,
 )
 
-__all__ = ["ApiError", "error_body", "install_error_handlers"]
+__all__ = ["ApiError", "as_api_error", "describe_invalid", "error_body", "install_error_handlers"]
 
 log = logging.getLogger("laneway.gateway")
 
@@ -84,6 +85,18 @@ async def _on_api_error(_request: Request, exc: Exception) -> JSONResponse:
     return _reply(as_api_error(exc))
 
 
+def describe_invalid(errors: Sequence[Any]) -> tuple[str, list[dict[str, Any]]]:
+    """A one-line message and the detail list for validation errors: where and what,
+    never the input itself (it may be huge, or not JSON) nor a documentation link."""
+    detail = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+        for e in errors
+    ]
+    first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"])
+    return (f"{where}: {first['msg']}" if where else str(first["msg"])), detail
+
+
 async def _on_validation(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
@@ -92,13 +105,7 @@ async def _on_validation(_request: Request, exc: Exception) -> JSONResponse:
         code = "invalid_session"
     elif any(e.get("type") == "json_invalid" for e in errors):
         code = "invalid_json"
-    detail = [
-        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
-        for e in errors
-    ]
-    first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
-    where = ".".join(str(p) for p in first["loc"])
-    message = f"{where}: {first['msg']}" if where else str(first["msg"])
+    message, detail = describe_invalid(errors)
     return JSONResponse(error_body(code, message, detail=detail), 422)
 
 

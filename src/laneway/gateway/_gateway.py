@@ -7,6 +7,7 @@ import contextlib
 import time
 
 from .. import Laneway, Retry
+from ._limits import StreamSlots
 from ._metrics import Metrics
 from ._models import register_model
 from .settings import Settings
@@ -25,6 +26,7 @@ class Gateway:
         self.closing = asyncio.Event()
         self.streams: set[asyncio.Task[None]] = set()  # WebSocket subscriptions
         self.waits: set[asyncio.Timeout] = set()  # SSE streams waiting for an event
+        self.stream_slots = StreamSlots(settings.max_streams_per_token)
         self._lw: Laneway | None = None
         self._seen_blocks = 0
         self._last_block = -1e18
@@ -47,6 +49,7 @@ class Gateway:
             max_queued=s.max_queued,
             max_queued_per_session=s.max_queued_per_session,
             watchdog_threshold=s.watchdog_threshold,
+            max_event_bytes=s.max_event_bytes,
         )
         self.handler = register_model(lw, s)
         self.metrics.watch(lw)

@@ -40,7 +40,8 @@ def _register_demo(lw: Laneway, settings: Settings) -> None:
     chosen = {k: v for k, v in DEMO_LIMITS.items() if k not in settings.model_fields_set}
     limits = Limits(**chosen) if chosen else None
     lanes = ("llm",) if "llm" in lw.lanes else ()
-    register_demo(lw, name="demo", lanes=lanes, limits=limits)
+    # With tokens the clients are not the operator: none may block the loop for all.
+    register_demo(lw, name="demo", lanes=lanes, limits=limits, allow_block=not settings.tokens)
     # The same model in a worker process: /block N there cannot touch other sessions.
     register_demo(lw, name="demo-isolated", isolation="process", lanes=lanes, limits=limits)
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Body, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from .._errors import LanewayError, NotRequeueable, UnknownHandler
+from .._errors import LanewayError, NotRequeueable, Overloaded, UnknownHandler
 from .._types import JobInfo, JobState, Snapshot
 from ._auth import SESSION_PATTERN, Caller, Principal, bearer_secret, principal_for
 from ._errors import ApiError, error_body
@@ -74,16 +74,50 @@ async def submit(gw: Gateway, who: Principal, session: str, body: MessageIn) -> 
         raise ApiError(
             422, "text_too_long", f"text is limited to {gw.settings.max_text_chars} characters"
         )
+    handler, payload = body.handler or gw.handler, {"text": body.text}
     started = time.perf_counter()
-    job = await gw.lw.submit(
-        key, body.handler or gw.handler, {"text": body.text}, idempotency_key=body.idempotency_key
-    )
+    try:
+        job_id = (
+            await gw.lw.submit(key, handler, payload, idempotency_key=body.idempotency_key)
+        ).id
+    except Overloaded:
+        # A retry of a message already accepted is answered even when the queue is full.
+        earlier = await _accepted_before(gw, key, body.idempotency_key)
+        if earlier is None:
+            raise
+        job_id = earlier.id
     gw.metrics.submit.observe(time.perf_counter() - started)
     state = JobState.QUEUED
     if body.idempotency_key is not None:  # may be an earlier job: say where it is
-        info = await gw.lw.get(job.id)
+        info = await gw.lw.get(job_id)
+        if info is not None and (info.handler, info.payload) != (handler, payload):
+            raise ApiError(
+                409,
+                "idempotency_conflict",
+                f"idempotency_key was used for another message (job {info.id})",
+            )
         state = info.state if info is not None else state
-    return Accepted(job_id=job.id, session=session, state=state)
+    return Accepted(job_id=job_id, session=session, state=state)
+
+
+#: How far back a retry's earlier job is looked for when the queue is full.
+_RETRY_LOOKBACK_PAGES, _RETRY_PAGE = 5, 200
+
+
+async def _accepted_before(gw: Gateway, key: str, idempotency_key: str | None) -> JobInfo | None:
+    """The job of ``key`` accepted with ``idempotency_key``, among its newest jobs."""
+    if idempotency_key is None:
+        return None
+    before = None
+    for _ in range(_RETRY_LOOKBACK_PAGES):
+        page = await gw.lw.jobs(session=key, before=before, limit=_RETRY_PAGE)
+        for info in page:
+            if info.idempotency_key == idempotency_key:
+                return info
+        if len(page) < _RETRY_PAGE:
+            return None
+        before = page[-1].id
+    return None
 
 
 _MESSAGE_BODY = {
@@ -92,13 +126,22 @@ _MESSAGE_BODY = {
 }
 
 
-async def read_message(request: Request) -> MessageIn:
-    """The body as a ``MessageIn``; a bad one raises the usual 422."""
+B = TypeVar("B", bound=BaseModel)
+
+
+async def read_body(request: Request, model: type[B], empty: bytes | None = None) -> B:
+    """The body as JSON whatever its Content-Type (``empty`` stands in for no body);
+    a bad one raises the usual 422."""
+    raw = await request.body()
     try:
-        return MessageIn.model_validate_json(await request.body())
+        return model.model_validate_json(raw if raw or empty is None else empty)
     except ValidationError as exc:
         errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
         raise RequestValidationError(errors) from None
+
+
+async def read_message(request: Request) -> MessageIn:
+    return await read_body(request, MessageIn)
 
 
 # The hot path: auth and body are read directly rather than through dependencies
@@ -108,7 +151,11 @@ async def read_message(request: Request) -> MessageIn:
     status_code=202,
     tags=["sessions"],
     response_model=Accepted,
-    responses={**_ERRORS, 429: {"description": "overloaded; see Retry-After"}},
+    responses={
+        **_ERRORS,
+        409: {"description": "idempotency_key was used for another message"},
+        429: {"description": "overloaded; see Retry-After"},
+    },
     openapi_extra={"requestBody": _MESSAGE_BODY, "security": [{"HTTPBearer": []}]},
 )
 async def post_message(request: Request, session: SessionKey) -> JSONResponse:
@@ -121,16 +168,22 @@ async def post_message(request: Request, session: SessionKey) -> JSONResponse:
     )
 
 
-@router.post("/v1/sessions/{session}/stop", tags=["sessions"], responses=_ERRORS)
-async def stop_session(
-    request: Request,
-    session: SessionKey,
-    who: Caller,
-    body: Annotated[StopIn | None, Body()] = None,
-) -> StopOut:
+@router.post(
+    "/v1/sessions/{session}/stop",
+    tags=["sessions"],
+    responses=_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": StopIn.model_json_schema()}},
+        }
+    },
+)
+async def stop_session(request: Request, session: SessionKey, who: Caller) -> StopOut:
     """End the running turn (within cancel_grace); optionally drop the queued ones."""
     gw = gateway_of(request)
-    result = await gw.lw.stop(who.internal(session), drop_queued=bool(body and body.drop_queued))
+    body = await read_body(request, StopIn, empty=b"{}")  # like messages: any Content-Type
+    result = await gw.lw.stop(who.internal(session), drop_queued=body.drop_queued)
     return StopOut(session=session, cancelled=result.cancelled, dropped=result.dropped)
 
 
@@ -153,18 +206,23 @@ async def list_jobs(
     who: Caller,
     state: JobState | None = None,
     session: Annotated[str | None, Query(pattern=SESSION_PATTERN, max_length=128)] = None,
+    before: Annotated[str | None, Query(max_length=128, description="a job id: older jobs")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JobList:
-    """Jobs, newest first, filtered by state and session (e.g. ``?state=dead``)."""
+    """This token's jobs, newest first, filtered by state and session (e.g. ``?state=dead``),
+    in pages: ``next`` is the ``before`` of the following page."""
     gw = gateway_of(request)
+    if before is not None:
+        info = await gw.lw.get(before)
+        if info is None or not who.owns(info.session):
+            raise ApiError(422, "invalid_cursor", "before must be the id of one of your jobs")
     if session is not None:
-        infos = await gw.lw.jobs(state, session=who.internal(session), limit=limit)
-    elif who.name is None:
-        infos = await gw.lw.jobs(state, limit=limit)
-    else:  # other tokens' jobs are filtered out of a wider window
-        wide = await gw.lw.jobs(state, limit=min(limit * 20, 10_000))
-        infos = [i for i in wide if who.owns(i.session)][:limit]
-    return JobList(jobs=[job_out(i, who) for i in infos])
+        key = who.internal(session)
+        infos = await gw.lw.jobs(state, session=key, before=before, limit=limit)
+    else:  # the token's namespace, from its own index: other tokens' jobs are never read
+        infos = await gw.lw.jobs(state, prefix=who.prefix or None, before=before, limit=limit)
+    following = infos[-1].id if len(infos) == limit else None
+    return JobList(jobs=[job_out(i, who) for i in infos], next=following)
 
 
 @router.post("/v1/jobs/{job_id}/requeue", tags=["jobs"], responses={**_ERRORS, 404: {}, 409: {}})
@@ -184,7 +242,10 @@ async def requeue_job(request: Request, job_id: JobId, who: Caller) -> Accepted:
 
 
 def snapshot_out(snap: Snapshot, who: Principal) -> SnapshotOut:
-    lanes = []
+    """What ``who`` may see: shared lanes (capacity and load, no session names), its own
+    session lanes, zombies and job counts, and loop health."""
+    lanes: list[LaneOut] = []
+    mine: list[LaneOut] = []
     for lane in snap.lanes:
         name = lane.name
         if name.startswith("session:"):
@@ -192,25 +253,27 @@ def snapshot_out(snap: Snapshot, who: Principal) -> SnapshotOut:
             if not who.owns(key):
                 continue
             name = "session:" + who.external(key)
-        lanes.append(
-            LaneOut(
-                name=name,
-                limit=lane.limit,
-                active=lane.active,
-                queued=lane.queued,
-                oldest_active_s=lane.oldest_active_s,
-                oldest_queued_s=lane.oldest_queued_s,
-            )
+        out = LaneOut(
+            name=name,
+            limit=lane.limit,
+            active=lane.active,
+            queued=lane.queued,
+            oldest_active_s=lane.oldest_active_s,
+            oldest_queued_s=lane.oldest_queued_s,
         )
+        lanes.append(out)
+        if name.startswith("session:"):
+            mine.append(out)
     zombies = [
         ZombieOut(job_id=z.job_id, session=who.external(z.session), kind=z.kind, age_s=z.age_s)
         for z in snap.zombies
         if who.owns(z.session)
     ]
+    shared = who.name is None  # without tokens everything is the caller's
     return SnapshotOut(
         lanes=lanes,
-        jobs_queued=snap.jobs_queued,
-        jobs_running=snap.jobs_running,
+        jobs_queued=snap.jobs_queued if shared else sum(lane.queued for lane in mine),
+        jobs_running=snap.jobs_running if shared else sum(lane.active for lane in mine),
         zombies=zombies,
         loop_lag=snap.loop_lag,
         loop_blocks=snap.loop_blocks,
@@ -219,7 +282,8 @@ def snapshot_out(snap: Snapshot, who: Principal) -> SnapshotOut:
 
 @router.get("/v1/lanes", tags=["lanes"], responses=_ERRORS)
 async def lanes(request: Request, who: Caller) -> SnapshotOut:
-    """Shared lanes, this caller's busy session lanes, zombies, loop health."""
+    """Shared lanes' capacity and load; this token's busy session lanes, job counts and
+    zombies; loop health."""
     return snapshot_out(gateway_of(request).lw.snapshot(), who)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from .._types import JobState
 
@@ -55,10 +55,11 @@ class JobOut(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[JobOut]
+    next: str | None = Field(description="pass as `before` for the next page; null on the last")
 
 
 class StopIn(_Strict):
-    drop_queued: bool = False
+    drop_queued: StrictBool = False  # JSON true/false only: "false" or 0 must not drop a queue
 
 
 class StopOut(BaseModel):

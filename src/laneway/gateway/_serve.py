@@ -12,6 +12,7 @@ import uvicorn
 
 from ._app import create_app
 from ._gateway import Gateway
+from ._logging import install_redaction
 from .settings import Settings
 
 __all__ = ["serve"]
@@ -62,6 +63,7 @@ def serve(settings: Settings) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    install_redaction(settings.secret_of())
     app = create_app(settings)
     gateway: Gateway = app.state.gateway
     config = uvicorn.Config(
@@ -73,6 +75,7 @@ def serve(settings: Settings) -> int:
         lifespan="on",
         timeout_graceful_shutdown=5,
         server_header=False,
+        ws_max_size=settings.max_body_bytes,  # a frame is a body: the same bound
     )
     server = _Server(config, gateway, settings)
     server.run()

@@ -17,14 +17,25 @@ from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
 from pydantic_core import to_json
+from starlette.types import Receive, Scope, Send
 
 from .._errors import LanewayError
 from .._types import Event
 from ._auth import Caller, Principal, bearer_secret, principal_for
 from ._errors import ApiError, as_api_error, error_body
+from ._frames import (
+    SendFrame,
+    StopFrame,
+    SubscribeFrame,
+    UnsubscribeFrame,
+    frame_id,
+    load,
+    parse_frame,
+)
 from ._gateway import Gateway
+from ._limits import FrameRate
+from ._replay import replay
 from ._routes import SessionKey, submit
 from ._schemas import MessageIn
 
@@ -64,6 +75,11 @@ async def _sse_body(gw: Gateway, who: Principal, key: str, after: int) -> AsyncI
     heartbeat = gw.settings.heartbeat
     last = after
     yield b"retry: 1000\n\n"
+    async for event in replay(gw.lw, key, after):
+        if gw.closing.is_set():
+            return
+        last = event.seq
+        yield _sse(event, who)
     while True:
         events = cast(AsyncGenerator[Event, None], gw.lw.events(key, after=last))
         try:
@@ -86,6 +102,10 @@ async def _sse_body(gw: Gateway, who: Principal, key: str, after: int) -> AsyncI
             await events.aclose()
 
 
+#: Seqs are SQLite integers: anything larger cannot name an event.
+MAX_SEQ = 2**63 - 1
+
+
 def _resume_point(after: int, last_event_id: str | None) -> int:
     if last_event_id is None or not last_event_id.strip():
         return after
@@ -93,22 +113,47 @@ def _resume_point(after: int, last_event_id: str | None) -> int:
         seq = int(last_event_id)
     except ValueError:
         seq = -1
-    if seq < 0:
+    if not 0 <= seq <= MAX_SEQ:
         raise ApiError(422, "invalid_last_event_id", "Last-Event-ID must be an event seq")
     return max(after, seq)
+
+
+class _CountedStream(StreamingResponse):
+    """A stream that gives its slot back however it ends (finished, cancelled, never started)."""
+
+    def __init__(self, gw: Gateway, who: Principal, body: AsyncIterator[bytes]) -> None:
+        super().__init__(
+            body,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self._slots, self._who = gw.stream_slots, who
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._slots.give_back(self._who)
 
 
 @stream_router.get(
     "/v1/sessions/{session}/events",
     tags=["sessions"],
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, 401: {}, 422: {}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        401: {},
+        422: {},
+        429: {"description": "too many event streams open for this token"},
+    },
 )
 async def session_events(
     request: Request,
     session: SessionKey,
     who: Caller,
-    after: Annotated[int, Query(ge=0, description="replay events with seq > after")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_SEQ, description="replay events with seq > after")
+    ] = 0,
     last_event_id: Annotated[str | None, Header(max_length=32)] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: the session's log after ``after`` (or ``Last-Event-ID``), then live.
@@ -120,11 +165,8 @@ async def session_events(
     key = who.internal(session)
     if gw.closing.is_set() or not gw.lw.running:
         raise ApiError(503, "shutting_down", "the gateway is shutting down")
-    return StreamingResponse(
-        _sse_body(gw, who, key, start),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    gw.stream_slots.take(who)
+    return _CountedStream(gw, who, _sse_body(gw, who, key, start))
 
 
 class _WsConnection:
@@ -141,86 +183,71 @@ class _WsConnection:
         async with self.lock:
             await self.ws.send_text(json.dumps(frame, separators=(",", ":")))
 
-    async def error(self, code: str, message: str, frame: Any = None) -> None:
-        reply = {"type": "error", **error_body(code, message)}
-        if isinstance(frame, dict) and "id" in frame:
-            reply["id"] = frame["id"]
-        await self.send(reply)
+    async def reply(self, frame: dict[str, Any], request_id: str | int | None) -> None:
+        await self.send(frame if request_id is None else {**frame, "id": request_id})
 
     async def handle(self, raw: str) -> None:
+        request_id = None
         try:
-            frame = json.loads(raw)
-        except ValueError:
-            await self.error("invalid_json", "frames are JSON objects")
-            return
-        kind = frame.get("type") if isinstance(frame, dict) else None
-        handler = {"subscribe": self.subscribe, "unsubscribe": self.unsubscribe}.get(str(kind))
-        handler = handler or {"send": self.submit, "stop": self.stop}.get(str(kind))
-        if handler is None:
-            await self.error("invalid_frame", "type must be subscribe, unsubscribe, send or stop")
-            return
-        try:
-            await handler(frame)
-        except (ApiError, LanewayError, ValidationError, ValueError, TypeError) as exc:
-            err = (
-                ApiError(422, "invalid_frame", str(exc))
-                if isinstance(exc, ValidationError | TypeError)
-                or (isinstance(exc, ValueError) and not isinstance(exc, LanewayError))
-                else as_api_error(exc)
-            )
-            await self.error(err.code, err.message, frame)
+            data = load(raw)
+            request_id = frame_id(data)
+            frame = parse_frame(data)
+            if isinstance(frame, SubscribeFrame):
+                await self.subscribe(frame)
+            elif isinstance(frame, UnsubscribeFrame):
+                await self.unsubscribe(frame)
+            elif isinstance(frame, SendFrame):
+                await self.submit(frame)
+            else:
+                await self.stop(frame)
+        except (ApiError, LanewayError) as exc:
+            err = as_api_error(exc)
+            await self.reply({"type": "error", **error_body(err.code, err.message)}, request_id)
 
-    def _session(self, frame: dict[str, Any]) -> tuple[str, str]:
-        session = frame.get("session")
-        if not isinstance(session, str):
-            raise ApiError(422, "invalid_session", "frame needs a 'session' string")
-        return session, self.who.internal(session)
-
-    async def subscribe(self, frame: dict[str, Any]) -> None:
-        session, key = self._session(frame)
-        after = frame.get("after", 0)
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            raise ApiError(422, "invalid_frame", "'after' must be an int >= 0")
+    async def subscribe(self, frame: SubscribeFrame) -> None:
+        key = self.who.internal(frame.session)
         old = self.subs.pop(key, None)
         if old is not None:
             old.cancel()
-        task = asyncio.get_running_loop().create_task(self._forward(session, key, after))
+        elif len(self.subs) >= self.gw.settings.max_subscriptions:
+            raise ApiError(
+                429,
+                "too_many_subscriptions",
+                f"a socket may hold {self.gw.settings.max_subscriptions} subscriptions "
+                "(LANEWAY_MAX_SUBSCRIPTIONS); unsubscribe first",
+            )
+        task = asyncio.get_running_loop().create_task(self._forward(key, frame.after))
         self.subs[key] = task
         self.gw.streams.add(task)
         task.add_done_callback(self.gw.streams.discard)
-        await self.send({"type": "subscribed", "session": session, "after": after})
+        reply = {"type": "subscribed", "session": frame.session, "after": frame.after}
+        await self.reply(reply, frame.id)
 
-    async def unsubscribe(self, frame: dict[str, Any]) -> None:
-        session, key = self._session(frame)
-        task = self.subs.pop(key, None)
+    async def unsubscribe(self, frame: UnsubscribeFrame) -> None:
+        task = self.subs.pop(self.who.internal(frame.session), None)
         if task is not None:
             task.cancel()
-        await self.send({"type": "unsubscribed", "session": session})
+        await self.reply({"type": "unsubscribed", "session": frame.session}, frame.id)
 
-    async def _forward(self, session: str, key: str, after: int) -> None:
+    async def _forward(self, key: str, after: int) -> None:
         with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            async for event in replay(self.gw.lw, key, after):
+                after = event.seq
+                await self.send({"type": "event", **event_dict(event, self.who)})
             async for event in self.gw.lw.events(key, after=after):
                 await self.send({"type": "event", **event_dict(event, self.who)})
 
-    async def submit(self, frame: dict[str, Any]) -> None:
-        session, _key = self._session(frame)
-        body = MessageIn.model_validate(
-            {k: v for k, v in frame.items() if k not in ("type", "session", "id")}
-        )
-        accepted = await submit(self.gw, self.who, session, body)
-        reply = {"type": "accepted", **accepted.model_dump(mode="json")}
-        if "id" in frame:
-            reply["id"] = frame["id"]
-        await self.send(reply)
+    async def submit(self, frame: SendFrame) -> None:
+        body = MessageIn.model_validate(frame.model_dump(include=set(MessageIn.model_fields)))
+        accepted = await submit(self.gw, self.who, frame.session, body)
+        await self.reply({"type": "accepted", **accepted.model_dump(mode="json")}, frame.id)
 
-    async def stop(self, frame: dict[str, Any]) -> None:
-        session, key = self._session(frame)
-        result = await self.gw.lw.stop(key, drop_queued=bool(frame.get("drop_queued", False)))
-        reply = {"type": "stopped", "session": session, "cancelled": result.cancelled}
+    async def stop(self, frame: StopFrame) -> None:
+        key = self.who.internal(frame.session)
+        result = await self.gw.lw.stop(key, drop_queued=frame.drop_queued)
+        reply = {"type": "stopped", "session": frame.session, "cancelled": result.cancelled}
         reply["dropped"] = result.dropped
-        if "id" in frame:
-            reply["id"] = frame["id"]
-        await self.send(reply)
+        await self.reply(reply, frame.id)
 
     def close(self) -> None:
         for task in self.subs.values():
@@ -228,9 +255,25 @@ class _WsConnection:
         self.subs.clear()
 
 
+#: Browsers cannot set headers on a WebSocket; they may offer the subprotocols
+#: ``laneway`` and ``bearer.<secret>`` instead (or, worse, since URLs travel
+#: further than headers, pass ``?token=<secret>``).
+SUBPROTOCOL = "laneway"
+_BEARER_PROTOCOL = "bearer."
+
+
 def _ws_secret(ws: WebSocket) -> str | None:
-    # Browsers cannot set headers on a WebSocket: they may pass ?token= instead.
-    return bearer_secret(ws.headers.get("authorization")) or ws.query_params.get("token")
+    offered = [p for p in ws.scope.get("subprotocols", ()) if p.startswith(_BEARER_PROTOCOL)]
+    return (
+        bearer_secret(ws.headers.get("authorization"))
+        or (offered[0][len(_BEARER_PROTOCOL) :] if offered else None)
+        or ws.query_params.get("token")
+    )
+
+
+def _subprotocol(ws: WebSocket) -> str | None:
+    """``laneway`` if the client offered it: the secret's protocol is never echoed back."""
+    return SUBPROTOCOL if SUBPROTOCOL in ws.scope.get("subprotocols", ()) else None
 
 
 @stream_router.websocket("/v1/ws")
@@ -240,19 +283,23 @@ async def websocket(ws: WebSocket) -> None:
     gw: Gateway = ws.app.state.gateway
     try:
         who = principal_for(gw.secrets, _ws_secret(ws))
+        gw.stream_slots.take(who)
     except ApiError as exc:
-        denial = JSONResponse(error_body(exc.code, exc.message), exc.status, headers=exc.headers)
-        if "websocket.http.response" in ws.scope.get("extensions", {}):
-            await ws.send_denial_response(denial)
-        else:  # the server cannot answer the handshake with a body: refuse after accepting
-            await ws.accept()
-            await ws.close(code=1008, reason=exc.message)
+        await _deny(ws, exc)
         return
-    await ws.accept()
-    conn = _WsConnection(gw, ws, who)
+    try:
+        await ws.accept(subprotocol=_subprotocol(ws))
+        await _serve_socket(_WsConnection(gw, ws, who))
+    finally:
+        gw.stream_slots.give_back(who)
+
+
+async def _serve_socket(conn: _WsConnection) -> None:
+    rate = FrameRate(conn.gw.settings.ws_frames_per_second)
     try:
         while True:
-            message = await ws.receive()
+            await rate.wait()  # a flood is not read faster than this: TCP holds it back
+            message = await conn.ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
             raw = message.get("text")
@@ -263,3 +310,12 @@ async def websocket(ws: WebSocket) -> None:
         return
     finally:
         conn.close()
+
+
+async def _deny(ws: WebSocket, exc: ApiError) -> None:
+    denial = JSONResponse(error_body(exc.code, exc.message), exc.status, headers=exc.headers)
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        await ws.send_denial_response(denial)
+    else:  # the server cannot answer the handshake with a body: refuse after accepting
+        await ws.accept()
+        await ws.close(code=1008, reason=exc.message)

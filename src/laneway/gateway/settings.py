@@ -92,6 +92,19 @@ class Settings(BaseSettings):
         10.0, ge=0, description="/healthz fails this long after a loop block"
     )
     heartbeat: float = Field(15.0, gt=0, description="seconds between SSE keep-alive comments")
+    max_streams_per_token: int = Field(
+        100, ge=1, description="open SSE streams and WebSockets per token (then 429)"
+    )
+    max_subscriptions: int = Field(100, ge=1, description="subscriptions per WebSocket")
+    ws_frames_per_second: float = Field(
+        100.0, gt=0, description="frames a WebSocket may send per second (bursts of 2 s)"
+    )
+    body_timeout: float = Field(
+        10.0, gt=0, description="seconds a request body may take to arrive (then 408)"
+    )
+    max_event_bytes: int = Field(
+        1_048_576, ge=1, description="largest event data, as JSON (a larger emit fails)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
 
     @field_validator("tokens", mode="before")

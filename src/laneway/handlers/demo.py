@@ -17,6 +17,10 @@ laneway exists to survive, so a newcomer can watch each one recover:
 - ``/slow N``: take N seconds while streaming a word every 0.5 s, so a long
   turn stays healthy under an idle limit shorter than N.
 
+On a gateway with tokens the task-mode ``demo`` refuses ``/block`` (any
+client could freeze every session): it answers with a reply naming
+``demo-isolated``, where the block stays inside a worker process.
+
 A malformed command (``/block`` without a number, ``/slow -1``, ``/nope``) is
 answered with a reply that says what was wrong; it never fails the turn.
 ``N`` is seconds: ``0 < N <= 60`` for ``/block``, ``0 < N <= 3600`` for ``/slow``.
@@ -43,6 +47,7 @@ __all__ = [
     "WORD_DELAY",
     "DemoCrash",
     "demo_turn",
+    "demo_turn_without_block",
     "register_demo",
 ]
 
@@ -55,6 +60,10 @@ ECHO_MAX_WORDS = 100
 
 NOTHING = "You sent nothing. Type /help to see what I can do."
 STALLED = "Let me think about that carefully and"
+BLOCK_REFUSED = (
+    "I refuse /block here: on a server with tokens, blocking the event loop would freeze "
+    "every session. Send it with handler demo-isolated, which blocks only a worker process."
+)
 HELP = (
     "I am laneway's demo model. Send any text and I echo it back, word by word. "
     "These commands show what laneway survives: "
@@ -78,13 +87,16 @@ def register_demo(
     isolation: Literal["task", "process"] = "task",
     lanes: tuple[str, ...] = (),
     limits: Limits | None = None,
+    allow_block: bool = True,
 ) -> None:
     """Register the demo model on ``lw`` as handler ``name``.
 
     With ``isolation="process"`` every turn runs in a worker process, so
     ``/block N`` blocks only that worker and is killed at the turn's limit.
+    ``allow_block=False`` answers ``/block`` with a refusal instead of running it.
     """
-    lw.handler(name, isolation=isolation, lanes=lanes, limits=limits)(demo_turn)
+    turn = demo_turn if allow_block else demo_turn_without_block
+    lw.handler(name, isolation=isolation, lanes=lanes, limits=limits)(turn)
 
 
 async def demo_turn(ctx: TurnContext, payload: dict[str, Any]) -> str:
@@ -104,6 +116,13 @@ async def demo_turn(ctx: TurnContext, payload: dict[str, Any]) -> str:
     if command in ("/block", "/slow"):
         return await _timed(ctx, command, arg)
     return await _say(ctx, f"Unknown command {command}. {HELP}".split(), WORD_DELAY)
+
+
+async def demo_turn_without_block(ctx: TurnContext, payload: dict[str, Any]) -> str:
+    """``demo_turn``, except that ``/block`` is refused: no client may block the loop."""
+    if _text_of(payload).strip().partition(" ")[0] == "/block":
+        return await _say(ctx, BLOCK_REFUSED.split(), WORD_DELAY)
+    return await demo_turn(ctx, payload)
 
 
 def _text_of(payload: Any) -> str:

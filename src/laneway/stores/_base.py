@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeAlias, TypeVar
 
 from .._types import Event, JobInfo, JobState
 
-__all__ = ["Committed", "Store", "Write", "written"]
+__all__ = ["Committed", "Store", "Write", "namespace_of", "written"]
 
 T = TypeVar("T")
 
@@ -74,6 +74,11 @@ async def written(write: Write[T]) -> T:
         return write.value
     assert isinstance(write, asyncio.Future)
     return write.result() if write.done() else await asyncio.shield(write)
+
+
+def namespace_of(prefix: str) -> str | None:
+    """``prefix`` if it names a namespace (``"name/"``), else ``None``."""
+    return prefix if prefix.endswith("/") and prefix.count("/") == 1 else None
 
 
 class Store(abc.ABC):
@@ -172,9 +177,21 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_jobs(
-        self, *, state: JobState | None = None, session: str | None = None, limit: int = 100
+        self,
+        *,
+        state: JobState | None = None,
+        session: str | None = None,
+        prefix: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
     ) -> list[JobInfo]:
-        """Jobs, newest first."""
+        """Jobs, newest first: of one ``session``, or of the sessions whose key
+        starts with ``prefix``; ``before`` (a job id) continues a listing after
+        that job (nothing if it is unknown).
+
+        A namespace prefix (``"name/"``: one slash, at the end) is answered from
+        an index, without reading other namespaces' jobs.
+        """
 
     @abc.abstractmethod
     async def read_events(self, session: str, *, after: int = 0, limit: int = 1000) -> list[Event]:

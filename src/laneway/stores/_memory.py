@@ -8,11 +8,13 @@ everything is lost when the process ends.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from .._types import TERMINAL_STATES, Event, JobInfo, JobState
-from ._base import Committed, Store, Write
+from ._base import Committed, Store, Write, namespace_of
 
 __all__ = ["MemoryStore", "job_event_data"]
 
@@ -65,6 +67,11 @@ class MemoryStore(Store):
         self.url = url
         #: The records themselves are ``JobInfo``s; readers get copies.
         self._jobs: dict[str, JobInfo] = {}
+        #: Every job in acceptance order, its place in that order, and the same by
+        #: namespace: the pages of ``list_jobs`` without a scan of other tenants.
+        self._order: list[JobInfo] = []
+        self._nums: dict[str, int] = {}
+        self._namespaces: dict[str, list[JobInfo]] = {}
         self._keys: dict[tuple[str, str], str] = {}
         #: Per session, events as plain tuples (seq, job_id, kind, data, at): the
         #: collector stops tracking tuples of plain values, so a long log costs
@@ -123,6 +130,11 @@ class MemoryStore(Store):
             idempotency_key, now, now,
         )  # fmt: skip
         self._jobs[job_id] = rec
+        self._nums[job_id] = len(self._order)
+        self._order.append(rec)
+        head, slash, _ = session.partition("/")
+        if slash:
+            self._namespaces.setdefault(head + slash, []).append(rec)
         data = {"handler": handler, "payload": payload}
         ev = self._append(session, job_id, "job.queued", data, now)
         # The record itself, not a copy: nothing reads it but the caller, at once.
@@ -214,17 +226,36 @@ class MemoryStore(Store):
         return _copy(rec) if rec is not None else None
 
     async def list_jobs(
-        self, *, state: JobState | None = None, session: str | None = None, limit: int = 100
+        self,
+        *,
+        state: JobState | None = None,
+        session: str | None = None,
+        prefix: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
     ) -> list[JobInfo]:
         out: list[JobInfo] = []
-        for rec in reversed(self._jobs.values()):
-            if (state is None or rec.state is state) and (
-                session is None or rec.session == session
+        for rec in self._newest_first(prefix, before):
+            if (
+                (state is None or rec.state is state)
+                and (session is None or rec.session == session)
+                and (prefix is None or rec.session.startswith(prefix))
             ):
                 out.append(_copy(rec))
                 if len(out) >= limit:
                     break
         return out
+
+    def _newest_first(self, prefix: str | None, before: str | None) -> Iterator[JobInfo]:
+        recs = self._order
+        if prefix is not None and namespace_of(prefix) is not None:
+            recs = self._namespaces.get(prefix, [])
+        end = len(recs)
+        if before is not None:
+            num = self._nums.get(before)
+            nums = self._nums
+            end = 0 if num is None else bisect.bisect_left(recs, num, key=lambda r: nums[r.id])
+        return (recs[i] for i in range(end - 1, -1, -1))
 
     async def read_events(self, session: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
         log = self._events.get(session, [])

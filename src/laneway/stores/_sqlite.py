@@ -30,7 +30,7 @@ from typing import Any, TypeVar, cast
 
 from .._errors import StoreError
 from .._types import Event, JobInfo, JobState
-from ._base import Store
+from ._base import Store, namespace_of
 from ._sqlite_schema import SQLiteSettings, migrate, parse_url
 from ._sqlite_writer import JOB_COLUMNS, Writer, job_info, store_error
 
@@ -42,6 +42,7 @@ _RETENTION_EVERY = 60.0
 _PRUNE_CHUNK = 5_000
 _PRUNE_CHUNKS = 20
 _EVENT_COLUMNS = "seq, session, job_id, kind, data, at"
+_NAMESPACE = "substr(session, 1, instr(session, '/'))"  # as in the jobs_namespace indexes
 _decode = json.JSONDecoder().decode
 
 
@@ -316,15 +317,31 @@ class SQLiteStore(Store):
         return await self._read(read)
 
     async def list_jobs(
-        self, *, state: JobState | None = None, session: str | None = None, limit: int = 100
+        self,
+        *,
+        state: JobState | None = None,
+        session: str | None = None,
+        prefix: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
     ) -> list[JobInfo]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[str | int] = []
         if state is not None:
             where.append("state = ?")
             params.append(JobState(state).value)
         if session is not None:
             where.append("session = ?")
             params.append(session)
+        if prefix is not None and namespace_of(prefix) is not None:
+            where.append(f"{_NAMESPACE} = ?")
+            params.append(prefix)
+        elif prefix is not None:
+            where.append("substr(session, 1, ?) = ?")
+            params.extend((len(prefix), prefix))
+        if before is not None:
+            where.append("num < (SELECT num FROM jobs WHERE id = ?)")
+            params.append(before)
         sql = f"SELECT {JOB_COLUMNS} FROM jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)

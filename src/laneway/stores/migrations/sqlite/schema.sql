@@ -25,6 +25,8 @@ CREATE TABLE jobs (
 CREATE UNIQUE INDEX jobs_idempotency ON jobs (session, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX jobs_session ON jobs (session, num);
 CREATE INDEX jobs_state ON jobs (state, num);
+CREATE INDEX jobs_namespace ON jobs (substr(session, 1, instr(session, '/')), num);
+CREATE INDEX jobs_namespace_state ON jobs (substr(session, 1, instr(session, '/')), state, num);
 
 CREATE TABLE events (
     id INTEGER PRIMARY KEY,
