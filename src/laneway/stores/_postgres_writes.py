@@ -1,0 +1,315 @@
+"""Every state change of the PostgreSQL store, one function each, run inside the
+writer's transaction (see ``_postgres_writer``).
+
+This module is where the transition rules live, as SQL ``WHERE`` clauses:
+
+- start: ``state = 'queued' AND attempts = attempt - 1``;
+- any write of a running attempt (event, retry, finish): ``state = 'running'
+  AND attempts = attempt AND epoch = <this node's epoch>``; the epoch fences
+  out a zombie, and a node whose attempts another node took over;
+- finish of a job that is not running: ``state = 'queued' AND attempts = attempt``;
+- requeue: ``state IN REQUEUEABLE``.
+
+Every function that touches a session expects the writer to hold that
+session's row lock already (taken for the whole batch, in sorted order), and
+each keeps ``sessions.head``/``running`` in step so claims see the truth.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from .._types import Event, JobInfo, JobState
+from ._memory import job_event_data
+from ._postgres_rows import JOB_COLUMNS, encode, job_info
+
+__all__ = [
+    "REQUEUEABLE",
+    "Batch",
+    "add_job",
+    "append_event",
+    "finish",
+    "requeue",
+    "retry",
+    "start_attempt",
+]
+
+REQUEUEABLE = ("failed", "timed_out", "dead")
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one transaction's writes share: the writer's epoch, and what to announce."""
+
+    epoch: int
+    session_limit: int = 1
+    events: set[str] = field(default_factory=set)  # sessions that got events
+    runnable: bool = False  # work became runnable or slots were freed
+
+    def event(
+        self, session: str, seq: int, job_id: str | None, kind: str, data: Any, at: float
+    ) -> Event:
+        self.events.add(session)
+        return Event(seq, session, job_id, kind, data, at)
+
+
+_ADD = """
+WITH j AS (
+    INSERT INTO jobs (id, session, handler, payload, priority, idempotency_key, state,
+                      created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $7) RETURNING num),
+s AS (
+    UPDATE sessions SET seq = seq + 1, head = least(head, j.num),
+        not_before = CASE WHEN head IS NULL THEN 0 ELSE not_before END
+    FROM j WHERE session = $2 RETURNING seq)
+INSERT INTO events (session, seq, job_id, kind, data, at)
+SELECT $2, s.seq, $1, 'job.queued', $8, $7 FROM s RETURNING seq
+"""
+
+
+async def add_job(
+    conn: asyncpg.Connection,
+    batch: Batch,
+    job_id: str,
+    session: str,
+    handler: str,
+    payload: Any,
+    priority: int,
+    key: str | None,
+) -> tuple[JobInfo, Event | None]:
+    encoded = encode(payload)
+    if key is not None:
+        row = await conn.fetchrow(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE session = $1 AND idempotency_key = $2",
+            session,
+            key,
+        )
+        if row is not None:
+            return job_info(row), None
+    now = time.time()
+    data = f'{{"handler":{encode(handler)},"payload":{encoded}}}'
+    seq = await conn.fetchval(_ADD, job_id, session, handler, encoded, priority, key, now, data)
+    batch.runnable = True
+    info = JobInfo(
+        id=job_id,
+        session=session,
+        handler=handler,
+        state=JobState.QUEUED,
+        attempts=0,
+        error=None,
+        result=None,
+        reason=None,
+        payload=payload,
+        priority=priority,
+        lost=0,
+        idempotency_key=key,
+        created_at=now,
+        updated_at=now,
+    )
+    event = batch.event(
+        session, seq, job_id, "job.queued", {"handler": handler, "payload": payload}, now
+    )
+    return info, event
+
+
+# The session's next head once job `j` leaves the queue: its oldest other queued job.
+_NEXT = """
+nxt AS (
+    SELECT q.num, q.run_after FROM jobs q, j
+    WHERE q.session = j.session AND q.state = 'queued' AND q.num <> j.num
+    ORDER BY q.num LIMIT 1)"""
+
+_START = f"""
+WITH j AS (
+    UPDATE jobs SET state = 'running', attempts = $2, output = false, epoch = $3, updated_at = $4
+    WHERE id = $1 AND state = 'queued' AND attempts = $2 - 1
+    RETURNING session, num),
+{_NEXT},
+s AS (
+    UPDATE sessions SET seq = seq + 1, running = running + 1,
+        head = (SELECT num FROM nxt), not_before = coalesce((SELECT run_after FROM nxt), 0)
+    FROM j WHERE sessions.session = j.session RETURNING sessions.session, seq)
+INSERT INTO events (session, seq, job_id, kind, data, at)
+SELECT s.session, s.seq, $1, 'job.started', $5, $4 FROM s RETURNING session, seq
+"""
+
+
+async def start_attempt(
+    conn: asyncpg.Connection, batch: Batch, job_id: str, attempt: int
+) -> Event | None:
+    now = time.time()
+    row = await conn.fetchrow(_START, job_id, attempt, batch.epoch, now, f'{{"attempt":{attempt}}}')
+    if row is None:
+        return None
+    return batch.event(row[0], row[1], job_id, "job.started", {"attempt": attempt}, now)
+
+
+_EVENT = """
+WITH s AS (UPDATE sessions SET seq = seq + 1 WHERE session = $1 RETURNING seq)
+INSERT INTO events (session, seq, job_id, kind, data, at)
+SELECT $1, s.seq, $2, $3, $4, $5 FROM s RETURNING seq
+"""
+
+# FOR SHARE holds the attempt against a takeover until this transaction ends.
+_FENCED_EVENT = """
+WITH j AS (
+    SELECT output FROM jobs
+    WHERE id = $2 AND state = 'running' AND attempts = $6 AND epoch = $7 FOR SHARE),
+o AS (UPDATE jobs SET output = true WHERE id = $2 AND EXISTS (SELECT 1 FROM j WHERE NOT output)),
+s AS (UPDATE sessions SET seq = seq + 1
+      WHERE session = $1 AND EXISTS (SELECT 1 FROM j) RETURNING seq)
+INSERT INTO events (session, seq, job_id, kind, data, at)
+SELECT $1, s.seq, $2, $3, $4, $5 FROM s RETURNING seq
+"""
+
+
+async def append_event(
+    conn: asyncpg.Connection,
+    batch: Batch,
+    session: str,
+    job_id: str | None,
+    kind: str,
+    data: Any,
+    attempt: int | None,
+) -> Event | None:
+    encoded = encode(data)
+    now = time.time()
+    if attempt is None:
+        seq = await conn.fetchval(_EVENT, session, job_id, kind, encoded, now)
+    else:
+        seq = await conn.fetchval(
+            _FENCED_EVENT, session, job_id, kind, encoded, now, attempt, batch.epoch
+        )
+    if seq is None:
+        return None
+    return batch.event(session, seq, job_id, kind, data, now)
+
+
+_RETRY = """
+WITH j AS (
+    UPDATE jobs SET state = 'queued', error = $4, reason = $5, lost = lost + $6, epoch = NULL,
+        run_after = extract(epoch FROM clock_timestamp()) + $7, updated_at = $8
+    WHERE id = $1 AND state = 'running' AND attempts = $2 AND epoch = $3
+    RETURNING session, num, run_after),
+f AS (UPDATE slots SET job_id = NULL WHERE job_id = $1 AND EXISTS (SELECT 1 FROM j)),
+s AS (
+    UPDATE sessions SET seq = seq + 1, running = greatest(running - 1, 0),
+        head = least(head, j.num),
+        not_before = CASE WHEN head IS NULL OR j.num < head THEN j.run_after ELSE not_before END
+    FROM j WHERE sessions.session = j.session RETURNING sessions.session, seq)
+INSERT INTO events (session, seq, job_id, kind, data, at)
+SELECT s.session, s.seq, $1, 'job.retry', $9, $8 FROM s RETURNING session, seq
+"""
+
+
+async def retry(
+    conn: asyncpg.Connection,
+    batch: Batch,
+    job_id: str,
+    attempt: int,
+    error: str | None,
+    reason: str,
+    lost: bool,
+    delay: float,
+) -> Event | None:
+    now = time.time()
+    data = {"attempt": attempt, "reason": reason, "error": error, "delay": delay}
+    row = await conn.fetchrow(
+        _RETRY, job_id, attempt, batch.epoch, error, reason, int(lost), delay, now, encode(data)
+    )
+    if row is None:
+        return None
+    batch.runnable = True
+    return batch.event(row[0], row[1], job_id, "job.retry", data, now)
+
+
+_FINISH = f"""
+WITH old AS (
+    SELECT session, num, state FROM jobs
+    WHERE id = $1 AND attempts = $2 AND (state = 'queued' OR (state = 'running' AND epoch = $3))
+    FOR UPDATE),
+j AS (
+    UPDATE jobs SET state = $4, result = $5, error = $6, reason = $7, lost = lost + $8,
+        epoch = NULL, updated_at = $9
+    FROM old WHERE jobs.id = $1 RETURNING old.session, old.num, old.state AS was),
+f AS (UPDATE slots SET job_id = NULL
+      WHERE job_id = $1 AND EXISTS (SELECT 1 FROM j WHERE was = 'running')),
+{_NEXT},
+s AS (
+    UPDATE sessions SET seq = seq + 1,
+        running = greatest(running - (j.was = 'running')::int, 0),
+        head = CASE WHEN j.was = 'queued' AND head = j.num THEN (SELECT num FROM nxt)
+                    ELSE head END,
+        not_before = CASE WHEN j.was = 'queued' AND head = j.num
+                          THEN coalesce((SELECT run_after FROM nxt), 0) ELSE not_before END
+    FROM j WHERE sessions.session = j.session RETURNING sessions.session, seq)
+INSERT INTO events (session, seq, job_id, kind, data, at)
+SELECT s.session, s.seq, $1, $10, $11, $9 FROM s RETURNING session, seq
+"""
+
+
+async def finish(
+    conn: asyncpg.Connection,
+    batch: Batch,
+    job_id: str,
+    attempt: int,
+    state: JobState,
+    result: Any,
+    error: str | None,
+    reason: str | None,
+    lost: bool,
+) -> Event | None:
+    encoded = encode(result)
+    now = time.time()
+    kind = f"job.{state.value}"
+    data = job_event_data(state, attempts=attempt, result=result, error=error, reason=reason)
+    text = (
+        f'{{"state":"{state.value}","reason":{encode(reason)},"error":{encode(error)},'
+        f'"result":{encoded},"attempts":{attempt}}}'
+    )
+    row = await conn.fetchrow(
+        _FINISH, job_id, attempt, batch.epoch, state.value, encoded, error, reason, int(lost),
+        now, kind, text,
+    )  # fmt: skip
+    if row is None:
+        return None
+    batch.runnable = True
+    return batch.event(row[0], row[1], job_id, kind, data, now)
+
+
+_REQUEUE = f"""
+WITH j AS (
+    UPDATE jobs SET state = 'queued', attempts = 0, lost = 0, output = false, result = 'null',
+        error = NULL, reason = NULL, epoch = NULL, run_after = 0, num = DEFAULT, updated_at = $2
+    WHERE id = $1 AND state = $3 RETURNING {JOB_COLUMNS}, num),
+s AS (
+    UPDATE sessions SET seq = seq + 1, head = least(head, j.num),
+        not_before = CASE WHEN head IS NULL THEN 0 ELSE not_before END
+    FROM j WHERE sessions.session = j.session RETURNING seq)
+SELECT j.*, s.seq FROM j, s
+"""
+
+
+async def requeue(
+    conn: asyncpg.Connection, batch: Batch, job_id: str
+) -> tuple[JobInfo, Event] | None:
+    previous = await conn.fetchval("SELECT state FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+    if previous not in REQUEUEABLE:
+        return None
+    now = time.time()
+    row = await conn.fetchrow(_REQUEUE, job_id, now, previous)
+    assert row is not None  # the row is locked and requeueable
+    info = job_info(row)
+    data = {"handler": info.handler, "payload": info.payload, "requeued_from": previous}
+    seq = row["seq"]
+    await conn.execute(
+        "INSERT INTO events (session, seq, job_id, kind, data, at)"
+        " VALUES ($1, $2, $3, 'job.queued', $4, $5)",
+        info.session, seq, job_id, encode(data), now,
+    )  # fmt: skip
+    batch.runnable = True
+    return info, batch.event(info.session, seq, job_id, "job.queued", data, now)

@@ -1,0 +1,302 @@
+"""The PostgreSQL store itself: its URL, clear errors, migrations, leases and
+what ``open()`` hands a node, with two nodes (stores) on one database."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import laneway
+from laneway import ConfigError, JobState, StoreError
+from laneway.stores import open_store
+from laneway.stores._postgres import PostgresStore
+from laneway.stores._postgres_schema import migrate, migrations
+from laneway.stores._postgres_settings import parse_url
+
+from ..pgserver import PostgresServer
+from ._db import connect, fetch, killed_node, wait_lapsed
+
+SCHEMA_SQL = Path(laneway.__file__).parent / "stores" / "migrations" / "postgres" / "schema.sql"
+
+
+async def add(store: PostgresStore, session: str, n: int = 0, key: str | None = None) -> str:
+    info, _ = await store.add_job(
+        job_id=f"{session}-{n}-{key}",
+        session=session,
+        handler="h",
+        payload={"n": n},
+        priority=0,
+        idempotency_key=key,
+    )
+    return info.id
+
+
+# -- the URL -------------------------------------------------------------------------
+
+
+def test_url_options_are_parsed_and_taken_out_of_the_dsn() -> None:
+    s = parse_url(
+        "postgres://u:p@db:5433/app?lease=90s&poll=500ms&pool=4&schema=lw&sslmode=disable"
+    )
+    assert (s.lease, s.pool, s.schema, s.node) == (90.0, 4, "lw", None)
+    assert s.dsn == "postgresql://u:p@db:5433/app?sslmode=disable"
+    default = parse_url("postgresql://u@db/app")
+    assert (default.lease, default.poll, default.pool, default.schema) == (30.0, 1.0, 10, "public")
+    assert parse_url("postgresql://u@db/app?lease=2m&poll=0.25").lease == 120.0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@db/app?lease=soon",
+        "postgresql://u@db/app?lease=0",
+        "postgresql://u@db/app?pool=0",
+        "postgresql://u@db/app?schema=Bad-Name",
+        "postgresql:///app",
+    ],
+)
+def test_bad_url_options_are_config_errors(url: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_url(url)
+
+
+def test_without_the_driver_the_error_names_the_extra(tmp_path: Path) -> None:
+    blocker = tmp_path / "asyncpg"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('no asyncpg here')\n")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from laneway.stores import open_store\n"
+        "try:\n    open_store('postgresql://u@db/app')\n"
+        "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.startswith("ConfigError ")
+    assert "laneway[postgres]" in out
+
+
+def test_open_store_knows_both_schemes() -> None:
+    assert isinstance(open_store("postgres://u@db/app"), PostgresStore)
+    assert isinstance(open_store("postgresql://u@db/app"), PostgresStore)
+
+
+# -- clear errors ----------------------------------------------------------------------
+
+
+async def test_an_unreachable_server_is_a_store_error(postgres_server: PostgresServer) -> None:
+    store = PostgresStore(f"postgresql://postgres:x@127.0.0.1:{_closed_port()}/postgres")
+    with pytest.raises(StoreError, match="cannot reach PostgreSQL"):
+        await store.open()
+
+
+async def test_bad_credentials_are_a_store_error(postgres_server: PostgresServer) -> None:
+    store = PostgresStore(postgres_server.dsn(password="wrong"))
+    with pytest.raises(StoreError, match="refused the credentials"):
+        await store.open()
+
+
+async def test_a_missing_database_is_a_store_error(postgres_server: PostgresServer) -> None:
+    store = PostgresStore(postgres_server.dsn("no_such_db"))
+    with pytest.raises(StoreError, match="no_such_db"):
+        await store.open()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- migrations -------------------------------------------------------------------------
+
+_CATALOG = """
+SELECT 'column', c.relname::text || '.' || a.attname::text,
+       concat_ws(' ', format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attidentity,
+                 a.attgenerated, pg_get_expr(d.adbin, d.adrelid))
+FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE n.nspname = $1 AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
+UNION ALL
+SELECT 'index', indexname::text, replace(indexdef, $1 || '.', '')
+FROM pg_indexes WHERE schemaname = $1
+UNION ALL
+SELECT 'constraint', c.conname::text, pg_get_constraintdef(c.oid)
+FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+WHERE n.nspname = $1
+UNION ALL
+SELECT 'sequence', sequencename::text, data_type::text FROM pg_sequences WHERE schemaname = $1
+"""
+
+
+async def _catalog(url: str, schema: str) -> set[tuple[str, str, str]]:
+    return {(row[0], row[1], row[2]) for row in await fetch(url, _CATALOG, schema)}
+
+
+async def test_the_migrations_add_up_to_schema_sql(postgres_url: str) -> None:
+    conn = await connect(postgres_url)
+    try:
+        assert await migrate(conn, "migrated") == migrations()[-1][0]
+        await conn.execute("CREATE SCHEMA reference; SET search_path = reference")
+        await conn.execute(SCHEMA_SQL.read_text())
+    finally:
+        await conn.close()
+    migrated = await _catalog(postgres_url, "migrated")
+    assert any(kind == "index" and name == "sessions_ready" for kind, name, _ in migrated)
+    assert migrated == await _catalog(postgres_url, "reference")
+
+
+async def test_migrations_run_once_and_a_newer_schema_is_refused(postgres_url: str) -> None:
+    for _ in range(2):
+        store = PostgresStore(postgres_url)
+        await store.open()
+        await store.close()
+    rows = await fetch(postgres_url, "SELECT version FROM schema_version ORDER BY version")
+    assert [r[0] for r in rows] == [number for number, _name, _sql in migrations()]
+    await fetch(postgres_url, "INSERT INTO schema_version VALUES (9999, '9999_future.sql', 0)")
+    with pytest.raises(StoreError, match="newer than this laneway"):
+        await PostgresStore(postgres_url).open()
+
+
+async def test_nodes_starting_together_migrate_once(postgres_url: str) -> None:
+    stores = [PostgresStore(postgres_url) for _ in range(3)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        rows = await fetch(postgres_url, "SELECT count(*) FROM schema_version")
+        assert rows[0][0] == len(migrations())
+    finally:
+        for s in stores:
+            await s.close()
+
+
+# -- many nodes, one database ------------------------------------------------------------
+
+
+async def test_two_nodes_open_together_and_each_has_a_lease(postgres_url: str) -> None:
+    a, b = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    await a.open()
+    await b.open()  # no exclusive ownership
+    try:
+        assert a.epoch != b.epoch
+        rows = await fetch(postgres_url, "SELECT node, epoch FROM nodes ORDER BY epoch")
+        assert [tuple(r) for r in rows] == [(a.node, a.epoch), (b.node, b.epoch)]
+    finally:
+        await a.close()
+        await b.close()
+    assert await fetch(postgres_url, "SELECT * FROM nodes") == []  # a clean close ends the lease
+
+
+async def test_open_hands_over_only_queued_jobs_and_lapsed_attempts(postgres_url: str) -> None:
+    live = PostgresStore(postgres_url)
+    await live.open()
+    try:
+        queued = await add(live, "q")
+        mine = await add(live, "m")
+        assert await live.start_attempt(mine, 1) is not None
+        lapsed, dying_epoch = await killed_node(postgres_url + "&lease=1s", "d")
+        await wait_lapsed(postgres_url, dying_epoch)
+
+        third = PostgresStore(postgres_url)
+        unfinished = await third.open()
+        try:
+            assert [(j.id, j.state) for j in unfinished] == [
+                (queued, JobState.QUEUED),
+                (lapsed, JobState.RUNNING),
+            ]
+            assert unfinished[1].output
+            # The adopted attempt is the new node's: its writes go through, the old owner's do not.
+            again = await third.retry(lapsed, 1, error="lost", reason="lost", lost=True, delay=0)
+            assert again is not None
+        finally:
+            await third.close()
+    finally:
+        await live.close()
+
+
+async def test_idempotency_key_and_seq_hold_across_nodes(postgres_url: str) -> None:
+    a, b = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    await a.open()
+    await b.open()
+    try:
+        futures: list[asyncio.Future[Any]] = []
+        for i in range(50):
+            node = a if i % 2 else b
+            futures.append(
+                node.add_job(
+                    job_id=f"k{i}",
+                    session="s",
+                    handler="h",
+                    payload=i,
+                    priority=0,
+                    idempotency_key="same",
+                )
+            )
+            futures.append(node.append_event("s", None, "note", i, attempt=None))
+        results = await asyncio.gather(*futures)
+        ids = {r[0].id for r in results[::2]}
+        assert len(ids) == 1
+        seqs = [e.seq for e in await a.read_events("s")]
+        assert seqs == list(range(1, 52))  # one job.queued + 50 notes, no gap, no repeat
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_writes_are_group_committed(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url)
+    await store.open()
+    try:
+        futures = [
+            store.add_job(
+                job_id=f"g{i}",
+                session=f"s{i % 7}",
+                handler="h",
+                payload=i,
+                priority=0,
+                idempotency_key=None,
+            )
+            for i in range(500)
+        ]
+        await asyncio.gather(*futures)
+        assert store.writes == 500
+        assert store.transactions < 50
+    finally:
+        await store.close()
+
+
+async def test_a_lost_lease_is_noticed_and_fences_the_old_attempts(postgres_url: str) -> None:
+    a = PostgresStore(postgres_url + "&lease=1s")
+    b = PostgresStore(postgres_url)
+    await a.open()
+    await b.open()
+    lost: list[int] = []
+    a.on_lease_lost.append(lambda: lost.append(a.epoch))
+    try:
+        job = await add(a, "s")
+        assert await a.start_attempt(job, 1) is not None
+        old = a.epoch
+        await wait_lapsed(postgres_url, old)
+        [reaped] = await b.reap()
+        assert (reaped.job.id, reaped.in_flight) == (job, 1)
+        await a.maintain()  # the heartbeat finds the lease gone
+        assert lost == [a.epoch]
+        assert a.epoch != old
+        # The zombie's late writes are refused; the new owner's go through.
+        assert await a.append_event("s", job, "delta", {}, attempt=1) is None
+        assert await a.finish(job, 1, JobState.SUCCEEDED, result=1, error=None, reason=None,
+                              lost=False) is None  # fmt: skip
+        assert await b.finish(job, 1, JobState.FAILED, result=None, error="lost", reason="lost",
+                              lost=True) is not None  # fmt: skip
+    finally:
+        await a.close()
+        await b.close()
