@@ -83,13 +83,12 @@ class PostgresServer:
             raise RuntimeError(f"{argv[0]} failed ({done.returncode}): {done.stderr[-2000:]}")
 
     def start(self) -> PostgresServer:
-        if self._as_postgres:
-            entry = pwd.getpwnam(USER)
-            os.chown(self.dir, entry.pw_uid, entry.pw_gid)
         pwfile = self.dir / "pwfile"
         pwfile.write_text(PASSWORD + "\n")
         if self._as_postgres:
-            os.chown(pwfile, pwd.getpwnam(USER).pw_uid, -1)
+            entry = pwd.getpwnam(USER)
+            for path in (self.dir, pwfile):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
         self._run(
             "initdb", "-D", str(self.data), "-U", USER, "--pwfile", str(pwfile),
             "-A", "scram-sha-256", "-E", "UTF8", "--no-sync",

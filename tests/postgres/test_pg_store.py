@@ -223,6 +223,38 @@ async def test_open_hands_over_only_queued_jobs_and_lapsed_attempts(postgres_url
         await live.close()
 
 
+async def test_a_node_restarted_by_name_frees_its_slots_at_once(postgres_url: str) -> None:
+    named = postgres_url + "&node=pod-0"  # lease 30 s: still live when the node comes back
+    job, _epoch = await killed_node(named, "s")
+    slots = await fetch(postgres_url, "SELECT job_id FROM slots WHERE lane = 'llm'")
+    assert [s[0] for s in slots] == [job]
+    again = PostgresStore(named)
+    try:
+        [info] = await again.open()
+        assert (info.id, info.state) == (job, JobState.RUNNING)
+        slots = await fetch(postgres_url, "SELECT job_id FROM slots WHERE lane = 'llm'")
+        assert [s[0] for s in slots] == [None]
+    finally:
+        await again.close()
+
+
+async def test_a_second_process_under_the_same_name_takes_the_lease(postgres_url: str) -> None:
+    named = postgres_url + "&node=pod-0"
+    first, second = PostgresStore(named), PostgresStore(named)
+    await first.open()
+    lost: list[int] = []
+    first.on_lease_lost.append(lambda: lost.append(first.epoch))
+    try:
+        await second.open()
+        await second.maintain()
+        await first.maintain()
+        assert lost == [first.epoch]
+        assert first.epoch > second.epoch
+    finally:
+        await first.close()
+        await second.close()
+
+
 async def test_idempotency_key_and_seq_hold_across_nodes(postgres_url: str) -> None:
     a, b = PostgresStore(postgres_url), PostgresStore(postgres_url)
     await a.open()
