@@ -28,6 +28,7 @@ from . import _postgres_claim as claims
 from . import _postgres_writes as writes
 from ._base import Store
 from ._postgres_claim import Claimed, Reaped
+from ._postgres_listen import Listener
 from ._postgres_rows import EVENT_COLUMNS, JOB_COLUMNS, event, job_info
 from ._postgres_schema import connect, migrate
 from ._postgres_settings import PostgresSettings, parse_url
@@ -59,6 +60,7 @@ class PostgresStore(Store):
         self._writer: Writer | None = None
         self._keeper: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
+        self._listeners: list[Listener] = []
         self._closed = False
 
     def __repr__(self) -> str:
@@ -125,6 +127,9 @@ class PostgresStore(Store):
 
     async def close(self) -> None:
         self._closed = True
+        for listener in self._listeners:
+            await listener.close()
+        self._listeners.clear()
         writer, self._writer = self._writer, None
         if writer is not None:
             await writer.stop()
@@ -187,6 +192,15 @@ class PostgresStore(Store):
     ) -> asyncio.Future[list[Claimed]]:
         """Start up to ``capacity`` runnable jobs of these handlers, in the next batch."""
         return self._write(claims.claim, (capacity, dict(handler_lanes)))
+
+    async def listen(self) -> Listener:
+        """A started ``Listener`` for this store's wake-ups (closed with the store)."""
+        if self._writer is None or self._closed:
+            raise StoreError(f"{self.url} is not open")
+        listener = Listener(self._connect, self.channel, self.settings.poll)
+        await listener.start()
+        self._listeners.append(listener)
+        return listener
 
     async def reap(self) -> list[Reaped]:
         """Adopt the running attempts of lapsed leases (on the lease's own connection)."""
