@@ -80,6 +80,9 @@ class PostgresStore(Store):
     async def _connect(self) -> asyncpg.Connection:
         return await connect(self.settings.dsn, self.settings.schema)
 
+    async def _connect_writer(self) -> asyncpg.Connection:
+        return await connect(self.settings.dsn, self.settings.schema, role="laneway-writer")
+
     async def open(self) -> list[JobInfo]:
         if self._writer is not None or self._closed:
             raise StoreError(f"{self.url} is already open (or was closed); make a new store")
@@ -89,7 +92,7 @@ class PostgresStore(Store):
             self.epoch = await claims.register(keeper, node=self.node, lease=self.settings.lease)
             adopted = await claims.reap(keeper, epoch=self.epoch)
             queued = await keeper.fetch(_QUEUED)
-            conn = await self._connect()
+            conn = await self._connect_writer()
             self._pool = await asyncpg.create_pool(
                 self.settings.dsn,
                 min_size=1,
@@ -102,7 +105,7 @@ class PostgresStore(Store):
         self._keeper = keeper
         self._writer = Writer(
             conn,
-            self._connect,
+            self._connect_writer,
             epoch=self.epoch,
             channel=self.channel,
             batch_max=self.settings.batch_max,

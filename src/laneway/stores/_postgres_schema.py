@@ -38,9 +38,14 @@ def _where(dsn: str) -> str:
     return dsn.split("@", 1)[-1].split("?", 1)[0]
 
 
-async def connect(dsn: str, schema: str, **kwargs: Any) -> asyncpg.Connection:
-    """A connection whose ``search_path`` is ``schema``; a ``StoreError`` that says why not."""
-    settings = {"search_path": schema, "application_name": "laneway"}
+async def connect(
+    dsn: str, schema: str, *, role: str = "laneway", **kwargs: Any
+) -> asyncpg.Connection:
+    """A connection whose ``search_path`` is ``schema``; a ``StoreError`` that says why not.
+
+    ``role`` is its ``application_name``, so ``pg_stat_activity`` shows what each one does.
+    """
+    settings = {"search_path": schema, "application_name": role}
     try:
         conn: asyncpg.Connection = await asyncpg.connect(
             dsn, timeout=_CONNECT_TIMEOUT, server_settings=settings, **kwargs

@@ -36,7 +36,14 @@ _RETRIES = 5
 _CACHE_MAX = 100_000
 _NOTIFY_MAX = 7_000  # bytes; PostgreSQL's payload limit is 8,000
 _STOP: Any = object()
-_LOST = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, OSError)
+# The connection is gone (or the server is going away): the commit's outcome is unknown.
+_LOST = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.PostgresConnectionError,
+    OSError,
+)
 _CONFLICT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
 _LOCK = (
@@ -45,6 +52,10 @@ _LOCK = (
 )
 
 OpFn = Callable[..., Awaitable[Any]]
+
+
+class _Unavailable(StoreError):
+    """No connection could be made: the batch fails at once, not write by write."""
 
 
 @dataclass(slots=True)
@@ -166,11 +177,13 @@ class Writer:
         """Commit ``batch`` in one transaction, or each write alone if that fails."""
         try:
             values = await self._committed(batch)
-        except _LOST as exc:
-            await self._restore_connection()
-            err = StoreError(f"the connection to PostgreSQL was lost (outcome unknown): {exc}")
-            return [(False, err)] * len(batch)
+        except _Unavailable as exc:
+            return [(False, exc)] * len(batch)
         except Exception as exc:
+            if isinstance(exc, _LOST) or self.conn is None or self.conn.is_closed():
+                await self._restore_connection()
+                err = StoreError(f"the connection to PostgreSQL was lost (outcome unknown): {exc}")
+                return [(False, err)] * len(batch)
             if len(batch) == 1:
                 log.error(  # noqa: TRY400 - the cause is in the message; no traceback wanted
                     "store.write_failed: %s", exc, extra={"error": repr(exc)}
@@ -197,7 +210,7 @@ class Writer:
             await self._restore_connection()
             conn = self.conn
             if conn is None:
-                raise StoreError("no connection to PostgreSQL")
+                raise _Unavailable("no connection to PostgreSQL; the write was not made")
         state = Batch(self.epoch, self.session_limit)
         async with conn.transaction():
             await self._lock_sessions(conn, batch)
