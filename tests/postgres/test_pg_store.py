@@ -284,6 +284,60 @@ async def test_idempotency_key_and_seq_hold_across_nodes(postgres_url: str) -> N
         await b.close()
 
 
+async def test_submits_in_one_batch_answer_as_if_made_one_by_one(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url)
+    await store.open()
+    try:
+        await store.add_job(
+            job_id="old", session="a", handler="h", payload="old", priority=0,
+            idempotency_key="kept",
+        )  # fmt: skip
+        calls = [  # (session, key) in call order, all in one batch
+            ("a", None), ("b", "k"), ("a", "k"), ("b", "k"), ("a", "kept"), ("b", None),
+            ("a", "k"),
+        ]  # fmt: skip
+        futures = [
+            store.add_job(
+                job_id=f"n{i}",
+                session=session,
+                handler="h",
+                payload={"i": i},
+                priority=i,
+                idempotency_key=key,
+            )
+            for i, (session, key) in enumerate(calls)
+        ]
+        results = await asyncio.gather(*futures)
+        assert store.transactions == 2
+    finally:
+        await store.close()
+    ids = [info.id for info, _event in results]
+    assert ids == ["n0", "n1", "n2", "n1", "old", "n5", "n2"]
+    assert [event is None for _info, event in results] == [
+        False,
+        False,
+        False,
+        True,
+        True,
+        False,
+        True,
+    ]
+    assert results[4][0].payload == "old"
+    assert results[3][0].payload == {"i": 1}
+    seqs = [(e.session, e.seq) for _info, e in results if e is not None]
+    assert seqs == [("a", 2), ("b", 1), ("a", 3), ("b", 2)]
+    events = await fetch(
+        postgres_url, "SELECT session, seq, job_id FROM events ORDER BY session, seq"
+    )
+    assert [tuple(e) for e in events] == [
+        ("a", 1, "old"), ("a", 2, "n0"), ("a", 3, "n2"), ("b", 1, "n1"), ("b", 2, "n5"),
+    ]  # fmt: skip
+    heads = await fetch(postgres_url, "SELECT session, head FROM sessions ORDER BY session")
+    nums = await fetch(postgres_url, "SELECT id, num FROM jobs")
+    num = {row[0]: row[1] for row in nums}
+    assert [tuple(h) for h in heads] == [("a", num["old"]), ("b", num["n1"])]
+
+
 async def test_writes_are_group_committed(postgres_url: str) -> None:
     store = PostgresStore(postgres_url)
     await store.open()

@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 
 from .._errors import StoreError
-from ._postgres_writes import Batch
+from ._postgres_writes import BULK, Batch
 
 __all__ = ["Op", "Writer"]
 
@@ -74,6 +74,26 @@ def notify_payload(batch: Batch) -> str:
     if len(sessions.encode()) > _NOTIFY_MAX:
         sessions = "*"
     return f"{head} {sessions}".rstrip()
+
+
+async def _run_ops(conn: asyncpg.Connection, state: Batch, batch: list[Op]) -> list[Any]:
+    """Each op in call order; a run of consecutive ops that have a bulk form (see
+    ``BULK``) goes to the server as one statement."""
+    values: list[Any] = []
+    at = 0
+    while at < len(batch):
+        fn = batch[at].fn
+        bulk = BULK.get(fn)
+        end = at + 1
+        if bulk is not None:
+            while end < len(batch) and batch[end].fn is fn:
+                end += 1
+        if end - at > 1 and bulk is not None:
+            values += await bulk(conn, state, [op.args for op in batch[at:end]])
+        else:
+            values.append(await fn(conn, state, *batch[at].args))
+        at = end
+    return values
 
 
 class Writer:
@@ -214,7 +234,7 @@ class Writer:
         state = Batch(self.epoch, self.session_limit)
         async with conn.transaction():
             await self._lock_sessions(conn, batch)
-            values = [await op.fn(conn, state, *op.args) for op in batch]
+            values = await _run_ops(conn, state, batch)
             if state.events or state.runnable:
                 await conn.execute("SELECT pg_notify($1, $2)", self._channel, notify_payload(state))
         return values

@@ -28,6 +28,7 @@ from ._memory import job_event_data
 from ._postgres_rows import JOB_COLUMNS, encode, job_info
 
 __all__ = [
+    "BULK",
     "REQUEUEABLE",
     "Batch",
     "add_job",
@@ -94,26 +95,95 @@ async def add_job(
     data = f'{{"handler":{encode(handler)},"payload":{encoded}}}'
     seq = await conn.fetchval(_ADD, job_id, session, handler, encoded, priority, key, now, data)
     batch.runnable = True
-    info = JobInfo(
-        id=job_id,
-        session=session,
-        handler=handler,
-        state=JobState.QUEUED,
-        attempts=0,
-        error=None,
-        result=None,
-        reason=None,
-        payload=payload,
-        priority=priority,
-        lost=0,
-        idempotency_key=key,
-        created_at=now,
-        updated_at=now,
+    info = _queued_info(job_id, session, handler, payload, priority, key, now)
+    return info, _queued_event(batch, info, seq, now)
+
+
+# Many submits in one statement: per session, seq rises by one per job in call order.
+_ADD_MANY = """
+WITH v AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[],
+                         $7::text[])
+    WITH ORDINALITY AS v(id, session, handler, payload, priority, key, data, ord)),
+j AS (
+    INSERT INTO jobs (id, session, handler, payload, priority, idempotency_key, state,
+                      created_at, updated_at)
+    SELECT id, session, handler, payload, priority, key, 'queued', $8, $8 FROM v ORDER BY ord
+    RETURNING num, session),
+c AS (SELECT session, count(*) AS n, min(num) AS first FROM j GROUP BY session),
+s AS (
+    UPDATE sessions SET seq = seq + c.n, head = least(head, c.first),
+        not_before = CASE WHEN head IS NULL THEN 0 ELSE not_before END
+    FROM c WHERE sessions.session = c.session
+    RETURNING sessions.session, sessions.seq - c.n AS base)
+INSERT INTO events (session, seq, job_id, kind, data, at)
+SELECT v.session, s.base + row_number() OVER (PARTITION BY v.session ORDER BY v.ord), v.id,
+       'job.queued', v.data, $8
+FROM v JOIN s ON s.session = v.session
+RETURNING job_id, seq
+"""
+
+
+async def _known_keys(
+    conn: asyncpg.Connection, calls: list[tuple[Any, ...]]
+) -> dict[tuple[str, str], JobInfo]:
+    keyed = [(c[1], c[5]) for c in calls if c[5] is not None]
+    if not keyed:
+        return {}
+    rows = await conn.fetch(
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE (session, idempotency_key) IN"
+        " (SELECT * FROM unnest($1::text[], $2::text[]))",
+        [k[0] for k in keyed],
+        [k[1] for k in keyed],
     )
-    event = batch.event(
-        session, seq, job_id, "job.queued", {"handler": handler, "payload": payload}, now
-    )
-    return info, event
+    return {(row[1], row[11]): job_info(row) for row in rows}
+
+
+async def add_jobs(
+    conn: asyncpg.Connection, batch: Batch, calls: list[tuple[Any, ...]]
+) -> list[tuple[JobInfo, Event | None]]:
+    """``add_job`` for many calls at once, with the same answers in the same order."""
+    known = await _known_keys(conn, calls)
+    now = time.time()
+    planned: list[tuple[JobInfo, bool]] = []  # (job, accepted by this call)
+    rows: list[tuple[Any, ...]] = []
+    for job_id, session, handler, payload, priority, key in calls:
+        earlier = known.get((session, key)) if key is not None else None
+        if earlier is not None:
+            planned.append((earlier, False))
+            continue
+        info = _queued_info(job_id, session, handler, payload, priority, key, now)
+        if key is not None:
+            known[(session, key)] = info
+        encoded = encode(payload)
+        data = f'{{"handler":{encode(handler)},"payload":{encoded}}}'
+        rows.append((job_id, session, handler, encoded, priority, key, data))
+        planned.append((info, True))
+    seqs: dict[str, int] = {}
+    if rows:
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        seqs = {row[0]: row[1] for row in await conn.fetch(_ADD_MANY, *columns, now)}
+        batch.runnable = True
+    return [
+        (info, _queued_event(batch, info, seqs[info.id], now) if accepted else None)
+        for info, accepted in planned
+    ]
+
+
+def _queued_event(batch: Batch, info: JobInfo, seq: int, now: float) -> Event:
+    data = {"handler": info.handler, "payload": info.payload}
+    return batch.event(info.session, seq, info.id, "job.queued", data, now)
+
+
+def _queued_info(
+    job_id: str, session: str, handler: str, payload: Any, priority: int, key: str | None,
+    now: float,
+) -> JobInfo:  # fmt: skip
+    return JobInfo(
+        id=job_id, session=session, handler=handler, state=JobState.QUEUED, attempts=0,
+        error=None, result=None, reason=None, payload=payload, priority=priority, lost=0,
+        idempotency_key=key, created_at=now, updated_at=now,
+    )  # fmt: skip
 
 
 # The session's next head once job `j` leaves the queue: its oldest other queued job.
@@ -313,3 +383,7 @@ async def requeue(
     )  # fmt: skip
     batch.runnable = True
     return info, batch.event(info.session, seq, job_id, "job.queued", data, now)
+
+
+#: Writes with a form that applies a run of consecutive calls in one statement.
+BULK: dict[Any, Any] = {add_job: add_jobs}
