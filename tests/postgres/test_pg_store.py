@@ -12,7 +12,7 @@ import pytest
 
 import laneway
 from laneway import ConfigError, JobState, StoreError
-from laneway.stores import open_store
+from laneway.stores import MemoryStore, Store, open_store
 from laneway.stores._postgres import PostgresStore
 from laneway.stores._postgres_schema import migrate, migrations
 from laneway.stores._postgres_settings import parse_url
@@ -70,7 +70,7 @@ def test_without_the_driver_the_error_names_the_extra(tmp_path: Path) -> None:
     (blocker / "__init__.py").write_text("raise ImportError('no asyncpg here')\n")
     code = (
         "import sys; sys.path.insert(0, sys.argv[1])\n"
-        "from laneway.stores import open_store\n"
+        "from laneway.stores import MemoryStore, Store, open_store\n"
         "try:\n    open_store('postgresql://u@db/app')\n"
         "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
     )
@@ -336,6 +336,50 @@ async def test_submits_in_one_batch_answer_as_if_made_one_by_one(postgres_url: s
     nums = await fetch(postgres_url, "SELECT id, num FROM jobs")
     num = {row[0]: row[1] for row in nums}
     assert [tuple(h) for h in heads] == [("a", num["old"]), ("b", num["n1"])]
+
+
+async def _script(store: Store) -> list[Any]:
+    """Writes made without awaiting (one batch each round), as the runtime makes them."""
+    sessions = ["a", "b", "c", "a", "b", "c", "a"]
+    adds = [
+        store.add_job(
+            job_id=f"m{i}", session=s, handler="h", payload=i, priority=0, idempotency_key=None
+        )
+        for i, s in enumerate(sessions)
+    ]
+    await asyncio.gather(*adds)
+    starts = [store.start_attempt("m5", 2)]  # a wrong attempt inside a run of starts
+    starts += [store.start_attempt(f"m{i}", 1) for i in (0, 1, 2, 3, 2)]
+    starts.append(store.start_attempt("nobody", 1))
+    ends = [
+        store.finish(
+            f"m{i}", attempt, JobState.SUCCEEDED, result=i, error=None, reason=None, lost=False
+        )
+        for i, attempt in ((0, 1), (1, 1), (1, 1), (2, 7), (4, 0), (3, 1), (6, 0))
+    ]
+    answers = await asyncio.gather(*starts, *ends)
+    log = [await store.read_events(s) for s in ("a", "b", "c")]
+    jobs = [await store.get_job(f"m{i}") for i in range(len(sessions))]
+    return [
+        [None if e is None else (e.session, e.seq, e.kind, e.data) for e in answers],
+        [[(e.seq, e.job_id, e.kind, e.data) for e in events] for events in log],
+        [(j.state, j.attempts, j.result) for j in jobs if j is not None],
+    ]
+
+
+async def test_batched_starts_and_finishes_answer_as_the_memory_store_does(
+    postgres_url: str,
+) -> None:
+    store = PostgresStore(postgres_url)
+    await store.open()
+    try:
+        got = await _script(store)
+        assert store.transactions == 2
+    finally:
+        await store.close()
+    memory = MemoryStore()
+    await memory.open()
+    assert got == await _script(memory)
 
 
 async def test_writes_are_group_committed(postgres_url: str) -> None:

@@ -82,18 +82,31 @@ async def _run_ops(conn: asyncpg.Connection, state: Batch, batch: list[Op]) -> l
     values: list[Any] = []
     at = 0
     while at < len(batch):
-        fn = batch[at].fn
-        bulk = BULK.get(fn)
-        end = at + 1
-        if bulk is not None:
-            while end < len(batch) and batch[end].fn is fn:
-                end += 1
+        end = _run_end(batch, at)
+        bulk = BULK.get(batch[at].fn)
         if end - at > 1 and bulk is not None:
-            values += await bulk(conn, state, [op.args for op in batch[at:end]])
+            values += await bulk.fn(conn, state, [op.args for op in batch[at:end]])
         else:
-            values.append(await fn(conn, state, *batch[at].args))
+            values.append(await batch[at].fn(conn, state, *batch[at].args))
         at = end
     return values
+
+
+def _run_end(batch: list[Op], at: int) -> int:
+    """Where the run of ops from ``at`` that one bulk statement may apply ends."""
+    fn = batch[at].fn
+    bulk = BULK.get(fn)
+    end = at + 1
+    if bulk is None:
+        return end
+    seen = set(batch[at].sessions)
+    while end < len(batch) and batch[end].fn is fn:
+        op = batch[end]
+        if not bulk.same_session and (not op.sessions or seen.intersection(op.sessions)):
+            break  # two writes to one session: the second must see the first
+        seen.update(op.sessions)
+        end += 1
+    return end
 
 
 class Writer:
@@ -249,7 +262,8 @@ class Writer:
             self._sessions.update((row[0], row[1]) for row in rows)
         for op in batch:
             if op.job_id is not None and op.job_id in self._sessions:
-                sessions.add(self._sessions[op.job_id])
+                op.sessions = (self._sessions[op.job_id],)
+                sessions.add(op.sessions[0])
         if sessions:
             await conn.execute(_LOCK, sorted(sessions), self.session_limit)
 

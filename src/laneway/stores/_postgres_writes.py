@@ -337,10 +337,7 @@ async def finish(
     now = time.time()
     kind = f"job.{state.value}"
     data = job_event_data(state, attempts=attempt, result=result, error=error, reason=reason)
-    text = (
-        f'{{"state":"{state.value}","reason":{encode(reason)},"error":{encode(error)},'
-        f'"result":{encoded},"attempts":{attempt}}}'
-    )
+    text = _terminal_text(state, attempt, encoded, error, reason)
     row = await conn.fetchrow(
         _FINISH, job_id, attempt, batch.epoch, state.value, encoded, error, reason, int(lost),
         now, kind, text,
@@ -349,6 +346,15 @@ async def finish(
         return None
     batch.runnable = True
     return batch.event(row[0], row[1], job_id, kind, data, now)
+
+
+def _terminal_text(
+    state: JobState, attempt: int, result: str, error: str | None, reason: str | None
+) -> str:
+    return (
+        f'{{"state":"{state.value}","reason":{encode(reason)},"error":{encode(error)},'
+        f'"result":{result},"attempts":{attempt}}}'
+    )
 
 
 _REQUEUE = f"""
@@ -385,5 +391,118 @@ async def requeue(
     return info, batch.event(info.session, seq, job_id, "job.queued", data, now)
 
 
-#: Writes with a form that applies a run of consecutive calls in one statement.
-BULK: dict[Any, Any] = {add_job: add_jobs}
+_START_MANY = """
+WITH v AS (SELECT * FROM unnest($1::text[], $2::int[], $3::text[]) AS v(id, attempt, data)),
+j AS (
+    UPDATE jobs SET state = 'running', attempts = v.attempt, output = false, epoch = $4,
+        updated_at = $5
+    FROM v WHERE jobs.id = v.id AND jobs.state = 'queued' AND jobs.attempts = v.attempt - 1
+    RETURNING jobs.id, jobs.session, jobs.num),
+s AS (
+    UPDATE sessions SET seq = seq + 1, running = running + 1,
+        head = nx.num, not_before = coalesce(nx.run_after, 0)
+    FROM j LEFT JOIN LATERAL (
+        SELECT q.num, q.run_after FROM jobs q
+        WHERE q.session = j.session AND q.state = 'queued' AND q.num <> j.num
+        ORDER BY q.num LIMIT 1) nx ON true
+    WHERE sessions.session = j.session RETURNING sessions.session, seq, j.id)
+INSERT INTO events (session, seq, job_id, kind, data, at)
+SELECT s.session, s.seq, s.id, 'job.started', v.data, $5 FROM s JOIN v ON v.id = s.id
+RETURNING job_id, session, seq
+"""
+
+
+async def start_attempts(
+    conn: asyncpg.Connection, batch: Batch, calls: list[tuple[Any, ...]]
+) -> list[Event | None]:
+    """``start_attempt`` for many jobs of distinct sessions in one statement."""
+    now = time.time()
+    ids = [c[0] for c in calls]
+    attempts = [c[1] for c in calls]
+    datas = [f'{{"attempt":{a}}}' for a in attempts]
+    rows = await conn.fetch(_START_MANY, ids, attempts, datas, batch.epoch, now)
+    got = {row[0]: (row[1], row[2]) for row in rows}
+    return [
+        batch.event(got[i][0], got[i][1], i, "job.started", {"attempt": a}, now)
+        if i in got
+        else None
+        for i, a in zip(ids, attempts, strict=True)
+    ]
+
+
+_FINISH_MANY = """
+WITH v AS (
+    SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::int[], $8::text[], $9::text[])
+    AS v(id, attempt, state, result, error, reason, lost, kind, data)),
+old AS (
+    SELECT jobs.id, jobs.session, jobs.num, jobs.state FROM jobs JOIN v ON jobs.id = v.id
+    WHERE jobs.attempts = v.attempt
+      AND (jobs.state = 'queued' OR (jobs.state = 'running' AND jobs.epoch = $10))
+    FOR UPDATE OF jobs),
+j AS (
+    UPDATE jobs SET state = v.state, result = v.result, error = v.error, reason = v.reason,
+        lost = jobs.lost + v.lost, epoch = NULL, updated_at = $11
+    FROM old JOIN v ON v.id = old.id WHERE jobs.id = old.id
+    RETURNING old.id, old.session, old.num, old.state AS was),
+f AS (UPDATE slots SET job_id = NULL WHERE job_id IN (SELECT id FROM j WHERE was = 'running')),
+s AS (
+    UPDATE sessions SET seq = seq + 1,
+        running = greatest(running - (j.was = 'running')::int, 0),
+        head = CASE WHEN j.was = 'queued' AND head = j.num THEN nx.num ELSE head END,
+        not_before = CASE WHEN j.was = 'queued' AND head = j.num
+                          THEN coalesce(nx.run_after, 0) ELSE not_before END
+    FROM j LEFT JOIN LATERAL (
+        SELECT q.num, q.run_after FROM jobs q
+        WHERE q.session = j.session AND q.state = 'queued' AND q.num <> j.num
+        ORDER BY q.num LIMIT 1) nx ON true
+    WHERE sessions.session = j.session RETURNING sessions.session, seq, j.id)
+INSERT INTO events (session, seq, job_id, kind, data, at)
+SELECT s.session, s.seq, s.id, v.kind, v.data, $11 FROM s JOIN v ON v.id = s.id
+RETURNING job_id, session, seq
+"""
+
+
+async def finishes(
+    conn: asyncpg.Connection, batch: Batch, calls: list[tuple[Any, ...]]
+) -> list[Event | None]:
+    """``finish`` for many jobs of distinct sessions in one statement."""
+    now = time.time()
+    columns: list[list[Any]] = [[] for _ in range(9)]
+    datas = []
+    for job_id, attempt, state, result, error, reason, lost in calls:
+        encoded = encode(result)
+        kind = f"job.{state.value}"
+        data = job_event_data(state, attempts=attempt, result=result, error=error, reason=reason)
+        datas.append((kind, data))
+        text = _terminal_text(state, attempt, encoded, error, reason)
+        row = (job_id, attempt, state.value, encoded, error, reason, int(lost), kind, text)
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    rows = await conn.fetch(_FINISH_MANY, *columns, batch.epoch, now)
+    got = {row[0]: (row[1], row[2]) for row in rows}
+    if got:
+        batch.runnable = True
+    return [
+        batch.event(got[c[0]][0], got[c[0]][1], c[0], kind, data, now) if c[0] in got else None
+        for c, (kind, data) in zip(calls, datas, strict=True)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Bulk:
+    """The form of a write that applies a run of consecutive calls in one statement.
+
+    ``same_session``: whether the run may hold two calls on one session (else the
+    writer cuts the run there, so each call still sees the one before it).
+    """
+
+    fn: Any
+    same_session: bool
+
+
+BULK: dict[Any, Bulk] = {
+    add_job: Bulk(add_jobs, same_session=True),
+    start_attempt: Bulk(start_attempts, same_session=False),
+    finish: Bulk(finishes, same_session=False),
+}
