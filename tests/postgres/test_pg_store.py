@@ -350,13 +350,14 @@ async def _script(store: Store) -> list[Any]:
     await asyncio.gather(*adds)
     starts = [store.start_attempt("m5", 2)]  # a wrong attempt inside a run of starts
     starts += [store.start_attempt(f"m{i}", 1) for i in (0, 1, 2, 3, 2)]
-    starts.append(store.start_attempt("nobody", 1))
+
     ends = [
         store.finish(
             f"m{i}", attempt, JobState.SUCCEEDED, result=i, error=None, reason=None, lost=False
         )
         for i, attempt in ((0, 1), (1, 1), (1, 1), (2, 7), (4, 0), (3, 1), (6, 0))
     ]
+    ends.append(store.start_attempt("nobody", 1))
     answers = await asyncio.gather(*starts, *ends)
     log = [await store.read_events(s) for s in ("a", "b", "c")]
     jobs = [await store.get_job(f"m{i}") for i in range(len(sessions))]

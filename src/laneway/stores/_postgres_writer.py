@@ -77,36 +77,57 @@ def notify_payload(batch: Batch) -> str:
 
 
 async def _run_ops(conn: asyncpg.Connection, state: Batch, batch: list[Op]) -> list[Any]:
-    """Each op in call order; a run of consecutive ops that have a bulk form (see
-    ``BULK``) goes to the server as one statement."""
-    values: list[Any] = []
-    at = 0
-    while at < len(batch):
-        end = _run_end(batch, at)
-        bulk = BULK.get(batch[at].fn)
-        if end - at > 1 and bulk is not None:
-            values += await bulk.fn(conn, state, [op.args for op in batch[at:end]])
-        else:
-            values.append(await batch[at].fn(conn, state, *batch[at].args))
-        at = end
+    """Every op, each session's in call order; answers in call order.
+
+    Writes to different sessions commute, so the batch runs as *waves* (see
+    ``_waves``), and within a wave the calls of one kind go to the server as one
+    bulk statement (``BULK``) instead of one round trip each.
+    """
+    values: list[Any] = [None] * len(batch)
+    for wave in _waves(batch):
+        groups: dict[OpFn, list[int]] = {}
+        for i in wave:
+            groups.setdefault(batch[i].fn, []).append(i)
+        for fn, members in groups.items():
+            bulk = BULK.get(fn)
+            if bulk is not None and len(members) > 1:
+                got = await bulk.fn(conn, state, [batch[i].args for i in members])
+                for i, value in zip(members, got, strict=True):
+                    values[i] = value
+                continue
+            for i in members:
+                values[i] = await fn(conn, state, *batch[i].args)
     return values
 
 
-def _run_end(batch: list[Op], at: int) -> int:
-    """Where the run of ops from ``at`` that one bulk statement may apply ends."""
-    fn = batch[at].fn
-    bulk = BULK.get(fn)
-    end = at + 1
-    if bulk is None:
-        return end
-    seen = set(batch[at].sessions)
-    while end < len(batch) and batch[end].fn is fn:
-        op = batch[end]
-        if not bulk.same_session and (not op.sessions or seen.intersection(op.sessions)):
-            break  # two writes to one session: the second must see the first
-        seen.update(op.sessions)
-        end += 1
-    return end
+def _waves(batch: list[Op]) -> list[list[int]]:
+    """Ops grouped so that each wave holds at most one kind of write per session.
+
+    An op goes to the wave after its session's latest op, or into that same
+    wave when both are the same bulk write that allows it (submits). An op that
+    names no session (a claim, an unknown job) is a wave of its own that
+    nothing later passes.
+    """
+    waves: list[list[int]] = []
+    latest: dict[str, tuple[int, OpFn]] = {}
+    floor = 0
+    for i, op in enumerate(batch):
+        if len(op.sessions) != 1:
+            waves.append([i])
+            floor = len(waves)
+            continue
+        session = op.sessions[0]
+        wave = floor
+        seen = latest.get(session)
+        if seen is not None:
+            bulk = BULK.get(op.fn)
+            joins = seen[1] is op.fn and bulk is not None and bulk.same_session
+            wave = max(floor, seen[0] if joins else seen[0] + 1)
+        while len(waves) <= wave:
+            waves.append([])
+        waves[wave].append(i)
+        latest[session] = (wave, op.fn)
+    return waves
 
 
 class Writer:
