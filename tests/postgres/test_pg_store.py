@@ -4,6 +4,7 @@ what ``open()`` hands a node, with two nodes (stores) on one database."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -451,5 +452,36 @@ async def test_a_cut_write_connection_is_replaced_and_leaves_no_gap(postgres_url
             made = 2
         await add(store, "s", 3)  # the writer is not wedged: a new connection commits
         assert [e.seq for e in await store.read_events("s")] == list(range(1, made + 1))
+    finally:
+        await store.close()
+
+
+@pytest.mark.slow
+async def test_a_database_restart_loses_nothing_committed_and_the_node_carries_on(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    store = PostgresStore(postgres_url)
+    await store.open()
+    try:
+        first = await add(store, "s", 1)
+        await asyncio.to_thread(postgres_server.restart)
+        outcomes = []
+        for n in range(2, 6):  # the first writes after the cut may fail; then they commit
+            outcomes.append(await asyncio.gather(add(store, "s", n), return_exceptions=True))
+        assert not isinstance(outcomes[-1][0], BaseException)
+        failed = [o[0] for o in outcomes if isinstance(o[0], BaseException)]
+        assert all(isinstance(f, StoreError) for f in failed)
+        for _ in range(3):  # reads and the lease recover the same way
+            with contextlib.suppress(StoreError):
+                await store.ping()
+                await store.maintain()
+                break
+        await store.ping()
+        info = await store.get_job(first)
+        assert info is not None
+        assert info.state is JobState.QUEUED
+        seqs = [e.seq for e in await store.read_events("s")]
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert len(seqs) == 1 + len(outcomes) - len(failed)
     finally:
         await store.close()
