@@ -113,6 +113,18 @@ async def test_a_chatty_session_does_not_delay_another_sessions_job(
     assert [c.job.id for c in await a.claim(1, LANES)] == [late]
 
 
+async def test_heads_waiting_on_a_full_lane_do_not_hide_one_that_can_run(
+    nodes: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = nodes
+    busy = await add(a, "first", "llm")
+    [running] = await a.claim(5, LANES)
+    assert running.job.id == busy
+    await asyncio.gather(*(add(a, f"wait{i}", "llm") for i in range(100)))  # older, all blocked
+    ready = await add(b, "younger", "free")
+    assert [c.job.id for c in await b.claim(5, LANES)] == [ready]
+
+
 async def test_a_retried_job_keeps_its_head(nodes: tuple[PostgresStore, PostgresStore]) -> None:
     a, b = nodes
     first, second = await add(a, "s", "free"), await add(a, "s", "free")

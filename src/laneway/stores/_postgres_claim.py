@@ -160,14 +160,16 @@ async def set_lanes(conn: asyncpg.Connection, caps: Mapping[str, int]) -> None:
             )
 
 
+# Only heads whose every lane has a free slot are worth locking: a thousand heads
+# waiting on a full lane must not hide a younger head that could run now.
 _HEADS = f"""
-SELECT j.num, j.handler FROM (
-    SELECT session, head FROM sessions
-    WHERE ready IS NOT NULL AND not_before <= {_NOW}
-    ORDER BY ready LIMIT $1 FOR UPDATE SKIP LOCKED) h
-JOIN jobs j ON j.num = h.head AND j.state = 'queued'
-ORDER BY j.num
+SELECT j.num, j.handler FROM sessions s JOIN jobs j ON j.num = s.head AND j.state = 'queued'
+WHERE s.ready IS NOT NULL AND s.not_before <= {_NOW} AND j.handler = ANY($2::text[])
+ORDER BY s.ready LIMIT $1
+FOR UPDATE OF s SKIP LOCKED
 """
+
+_FREE_COUNTS = "SELECT lane, count(*) FROM slots WHERE job_id IS NULL GROUP BY lane"
 
 _FREE_SLOTS = """
 SELECT w.lane, s.slot FROM unnest($1::text[], $2::int[]) AS w(lane, n)
@@ -237,8 +239,16 @@ async def claim(
     """
     if capacity < 1:
         return []
-    rows = await conn.fetch(_HEADS, capacity * 2 + 16)
-    heads = [(row[0], row[1]) for row in rows if row[1] in handler_lanes]
+    free_now = {row[0]: row[1] for row in await conn.fetch(_FREE_COUNTS)}
+    runnable = [
+        handler
+        for handler, lanes in handler_lanes.items()
+        if all(free_now.get(lane, 0) > 0 for lane in lanes)
+    ]
+    if not runnable:
+        return []
+    rows = await conn.fetch(_HEADS, capacity * 2 + 16, runnable)
+    heads = [(row[0], row[1]) for row in rows]
     if not heads:
         return []
     wanted = Counter(lane for _num, handler in heads for lane in set(handler_lanes[handler]))
