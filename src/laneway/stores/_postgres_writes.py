@@ -1,5 +1,6 @@
-"""Every state change of the PostgreSQL store, one function each, run inside the
-writer's transaction (see ``_postgres_writer``).
+"""Every state change of the PostgreSQL store, run inside the writer's transaction
+(see ``_postgres_writer``). Submits, starts and finishes are written as one
+statement for many calls (``BULK``); a single call is that statement with one row.
 
 This module is where the transition rules live, as SQL ``WHERE`` clauses:
 
@@ -58,20 +59,6 @@ class Batch:
         return Event(seq, session, job_id, kind, data, at)
 
 
-_ADD = """
-WITH j AS (
-    INSERT INTO jobs (id, session, handler, payload, priority, idempotency_key, state,
-                      created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $7) RETURNING num),
-s AS (
-    UPDATE sessions SET seq = seq + 1, head = least(head, j.num),
-        not_before = CASE WHEN head IS NULL THEN 0 ELSE not_before END
-    FROM j WHERE session = $2 RETURNING seq)
-INSERT INTO events (session, seq, job_id, kind, data, at)
-SELECT $2, s.seq, $1, 'job.queued', $8, $7 FROM s RETURNING seq
-"""
-
-
 async def add_job(
     conn: asyncpg.Connection,
     batch: Batch,
@@ -82,21 +69,8 @@ async def add_job(
     priority: int,
     key: str | None,
 ) -> tuple[JobInfo, Event | None]:
-    encoded = encode(payload)
-    if key is not None:
-        row = await conn.fetchrow(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE session = $1 AND idempotency_key = $2",
-            session,
-            key,
-        )
-        if row is not None:
-            return job_info(row), None
-    now = time.time()
-    data = f'{{"handler":{encode(handler)},"payload":{encoded}}}'
-    seq = await conn.fetchval(_ADD, job_id, session, handler, encoded, priority, key, now, data)
-    batch.runnable = True
-    info = _queued_info(job_id, session, handler, payload, priority, key, now)
-    return info, _queued_event(batch, info, seq, now)
+    [answer] = await add_jobs(conn, batch, [(job_id, session, handler, payload, priority, key)])
+    return answer
 
 
 # Many submits in one statement: per session, seq rises by one per job in call order.
@@ -186,36 +160,11 @@ def _queued_info(
     )  # fmt: skip
 
 
-# The session's next head once job `j` leaves the queue: its oldest other queued job.
-_NEXT = """
-nxt AS (
-    SELECT q.num, q.run_after FROM jobs q, j
-    WHERE q.session = j.session AND q.state = 'queued' AND q.num <> j.num
-    ORDER BY q.num LIMIT 1)"""
-
-_START = f"""
-WITH j AS (
-    UPDATE jobs SET state = 'running', attempts = $2, output = false, epoch = $3, updated_at = $4
-    WHERE id = $1 AND state = 'queued' AND attempts = $2 - 1
-    RETURNING session, num),
-{_NEXT},
-s AS (
-    UPDATE sessions SET seq = seq + 1, running = running + 1,
-        head = (SELECT num FROM nxt), not_before = coalesce((SELECT run_after FROM nxt), 0)
-    FROM j WHERE sessions.session = j.session RETURNING sessions.session, seq)
-INSERT INTO events (session, seq, job_id, kind, data, at)
-SELECT s.session, s.seq, $1, 'job.started', $5, $4 FROM s RETURNING session, seq
-"""
-
-
 async def start_attempt(
     conn: asyncpg.Connection, batch: Batch, job_id: str, attempt: int
 ) -> Event | None:
-    now = time.time()
-    row = await conn.fetchrow(_START, job_id, attempt, batch.epoch, now, f'{{"attempt":{attempt}}}')
-    if row is None:
-        return None
-    return batch.event(row[0], row[1], job_id, "job.started", {"attempt": attempt}, now)
+    [answer] = await start_attempts(conn, batch, [(job_id, attempt)])
+    return answer
 
 
 _EVENT = """
@@ -297,31 +246,6 @@ async def retry(
     return batch.event(row[0], row[1], job_id, "job.retry", data, now)
 
 
-_FINISH = f"""
-WITH old AS (
-    SELECT session, num, state FROM jobs
-    WHERE id = $1 AND attempts = $2 AND (state = 'queued' OR (state = 'running' AND epoch = $3))
-    FOR UPDATE),
-j AS (
-    UPDATE jobs SET state = $4, result = $5, error = $6, reason = $7, lost = lost + $8,
-        epoch = NULL, updated_at = $9
-    FROM old WHERE jobs.id = $1 RETURNING old.session, old.num, old.state AS was),
-f AS (UPDATE slots SET job_id = NULL
-      WHERE job_id = $1 AND EXISTS (SELECT 1 FROM j WHERE was = 'running')),
-{_NEXT},
-s AS (
-    UPDATE sessions SET seq = seq + 1,
-        running = greatest(running - (j.was = 'running')::int, 0),
-        head = CASE WHEN j.was = 'queued' AND head = j.num THEN (SELECT num FROM nxt)
-                    ELSE head END,
-        not_before = CASE WHEN j.was = 'queued' AND head = j.num
-                          THEN coalesce((SELECT run_after FROM nxt), 0) ELSE not_before END
-    FROM j WHERE sessions.session = j.session RETURNING sessions.session, seq)
-INSERT INTO events (session, seq, job_id, kind, data, at)
-SELECT s.session, s.seq, $1, $10, $11, $9 FROM s RETURNING session, seq
-"""
-
-
 async def finish(
     conn: asyncpg.Connection,
     batch: Batch,
@@ -333,19 +257,8 @@ async def finish(
     reason: str | None,
     lost: bool,
 ) -> Event | None:
-    encoded = encode(result)
-    now = time.time()
-    kind = f"job.{state.value}"
-    data = job_event_data(state, attempts=attempt, result=result, error=error, reason=reason)
-    text = _terminal_text(state, attempt, encoded, error, reason)
-    row = await conn.fetchrow(
-        _FINISH, job_id, attempt, batch.epoch, state.value, encoded, error, reason, int(lost),
-        now, kind, text,
-    )  # fmt: skip
-    if row is None:
-        return None
-    batch.runnable = True
-    return batch.event(row[0], row[1], job_id, kind, data, now)
+    [answer] = await finishes(conn, batch, [(job_id, attempt, state, result, error, reason, lost)])
+    return answer
 
 
 def _terminal_text(
@@ -415,7 +328,7 @@ RETURNING job_id, session, seq
 async def start_attempts(
     conn: asyncpg.Connection, batch: Batch, calls: list[tuple[Any, ...]]
 ) -> list[Event | None]:
-    """``start_attempt`` for many jobs of distinct sessions in one statement."""
+    """``start_attempt`` for jobs of distinct sessions, in one statement."""
     now = time.time()
     ids = [c[0] for c in calls]
     attempts = [c[1] for c in calls]
@@ -466,7 +379,7 @@ RETURNING job_id, session, seq
 async def finishes(
     conn: asyncpg.Connection, batch: Batch, calls: list[tuple[Any, ...]]
 ) -> list[Event | None]:
-    """``finish`` for many jobs of distinct sessions in one statement."""
+    """``finish`` for jobs of distinct sessions, in one statement."""
     now = time.time()
     columns: list[list[Any]] = [[] for _ in range(9)]
     datas = []
@@ -491,7 +404,8 @@ async def finishes(
 
 @dataclass(frozen=True, slots=True)
 class Bulk:
-    """The form of a write that applies a run of consecutive calls in one statement.
+    """The form of a write that applies many calls in one statement (the single
+    call is the same statement with one row).
 
     ``same_session``: whether the run may hold two calls on one session (else the
     writer cuts the run there, so each call still sees the one before it).
