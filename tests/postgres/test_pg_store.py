@@ -359,13 +359,21 @@ async def _script(store: Store) -> list[Any]:
         for i, attempt in ((0, 1), (1, 1), (1, 1), (2, 7), (4, 0), (3, 1), (6, 0))
     ]
     ends.append(store.start_attempt("nobody", 1))
-    answers = await asyncio.gather(*starts, *ends)
+    notes = [  # one batch: fenced and not, a wrong attempt, after a finish, several sessions
+        store.append_event(s, job, "delta", {"n": n}, attempt=attempt)
+        for n, (s, job, attempt) in enumerate(
+            [("b", "m1", 1), ("c", "m2", 1), ("c", "m2", 2), ("a", None, None), ("b", "m1", 1),
+             ("a", "m0", 1), ("c", "m5", 1), ("c", None, None)]
+        )
+    ]  # fmt: skip
+    late = store.append_event("a", "m0", "delta", {"late": True}, attempt=1)  # m0 has ended
+    answers = await asyncio.gather(*starts, *notes, *ends, late)
     log = [await store.read_events(s) for s in ("a", "b", "c")]
     jobs = [await store.get_job(f"m{i}") for i in range(len(sessions))]
     return [
         [None if e is None else (e.session, e.seq, e.kind, e.data) for e in answers],
         [[(e.seq, e.job_id, e.kind, e.data) for e in events] for events in log],
-        [(j.state, j.attempts, j.result) for j in jobs if j is not None],
+        [(j.state, j.attempts, j.result, j.output) for j in jobs if j is not None],
     ]
 
 

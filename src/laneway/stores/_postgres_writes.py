@@ -19,6 +19,7 @@ each keeps ``sessions.head``/``running`` in step so claims see the truth.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,25 +168,6 @@ async def start_attempt(
     return answer
 
 
-_EVENT = """
-WITH s AS (UPDATE sessions SET seq = seq + 1 WHERE session = $1 RETURNING seq)
-INSERT INTO events (session, seq, job_id, kind, data, at)
-SELECT $1, s.seq, $2, $3, $4, $5 FROM s RETURNING seq
-"""
-
-# FOR SHARE holds the attempt against a takeover until this transaction ends.
-_FENCED_EVENT = """
-WITH j AS (
-    SELECT output FROM jobs
-    WHERE id = $2 AND state = 'running' AND attempts = $6 AND epoch = $7 FOR SHARE),
-o AS (UPDATE jobs SET output = true WHERE id = $2 AND EXISTS (SELECT 1 FROM j WHERE NOT output)),
-s AS (UPDATE sessions SET seq = seq + 1
-      WHERE session = $1 AND EXISTS (SELECT 1 FROM j) RETURNING seq)
-INSERT INTO events (session, seq, job_id, kind, data, at)
-SELECT $1, s.seq, $2, $3, $4, $5 FROM s RETURNING seq
-"""
-
-
 async def append_event(
     conn: asyncpg.Connection,
     batch: Batch,
@@ -195,17 +177,68 @@ async def append_event(
     data: Any,
     attempt: int | None,
 ) -> Event | None:
-    encoded = encode(data)
+    [answer] = await append_events(conn, batch, [(session, job_id, kind, data, attempt)])
+    return answer
+
+
+# FOR SHARE holds the attempts against a takeover until this transaction ends.
+_FENCE = """
+SELECT id, attempts, output FROM jobs
+WHERE state = 'running' AND epoch = $3
+  AND (id, attempts) IN (SELECT * FROM unnest($1::text[], $2::int[]))
+FOR SHARE
+"""
+
+_BUMP = """
+UPDATE sessions SET seq = seq + c.n FROM unnest($1::text[], $2::int[]) AS c(session, n)
+WHERE sessions.session = c.session RETURNING sessions.session, sessions.seq - c.n
+"""
+
+_INSERT_EVENTS = """
+INSERT INTO events (session, seq, job_id, kind, data, at)
+SELECT session, seq, job_id, kind, data, $6
+FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[])
+    AS e(session, seq, job_id, kind, data)
+"""
+
+
+async def append_events(
+    conn: asyncpg.Connection, batch: Batch, calls: list[tuple[Any, ...]]
+) -> list[Event | None]:
+    """``append_event`` for many calls (one session or many), in call order."""
     now = time.time()
-    if attempt is None:
-        seq = await conn.fetchval(_EVENT, session, job_id, kind, encoded, now)
-    else:
-        seq = await conn.fetchval(
-            _FENCED_EVENT, session, job_id, kind, encoded, now, attempt, batch.epoch
-        )
-    if seq is None:
-        return None
-    return batch.event(session, seq, job_id, kind, data, now)
+    encoded = [encode(c[3]) for c in calls]  # before any write: a bad value fails alone
+    fenced = [(c[1], c[4]) for c in calls if c[4] is not None]
+    live: dict[tuple[str, int], bool] = {}
+    if fenced:
+        rows = await conn.fetch(_FENCE, [f[0] for f in fenced], [f[1] for f in fenced], batch.epoch)
+        live = {(row[0], row[1]): row[2] for row in rows}
+    taken = [i for i, c in enumerate(calls) if c[4] is None or (c[1], c[4]) in live]
+    if not taken:
+        return [None] * len(calls)
+    quiet = sorted({calls[i][1] for i in taken if calls[i][4] is not None}
+                   - {job for (job, _a), output in live.items() if output})  # fmt: skip
+    if quiet:
+        await conn.execute("UPDATE jobs SET output = true WHERE id = ANY($1::text[])", quiet)
+    counts = Counter(calls[i][0] for i in taken)
+    rows = await conn.fetch(_BUMP, list(counts), list(counts.values()))
+    seq = {row[0]: row[1] for row in rows}
+    answers: list[Event | None] = [None] * len(calls)
+    for i in taken:
+        session, job_id, kind, data, _attempt = calls[i]
+        seq[session] += 1
+        answers[i] = batch.event(session, seq[session], job_id, kind, data, now)
+    made = [answers[i] for i in taken]
+    await conn.execute(
+        _INSERT_EVENTS,
+        [e.session for e in made if e is not None],
+        [e.seq for e in made if e is not None],
+        [e.job_id for e in made if e is not None],
+        [e.kind for e in made if e is not None],
+        [encoded[i] for i in taken],
+        now,
+    )
+    return answers
 
 
 _RETRY = """
@@ -418,5 +451,6 @@ class Bulk:
 BULK: dict[Any, Bulk] = {
     add_job: Bulk(add_jobs, same_session=True),
     start_attempt: Bulk(start_attempts, same_session=False),
+    append_event: Bulk(append_events, same_session=True),
     finish: Bulk(finishes, same_session=False),
 }
