@@ -87,11 +87,9 @@ class PostgresStore(Store):
         if self._writer is not None or self._closed:
             raise StoreError(f"{self.url} is already open (or was closed); make a new store")
         keeper = await self._connect()
+        conn: asyncpg.Connection | None = None
         try:
-            await migrate(keeper, self.settings.schema)
-            self.epoch = await claims.register(keeper, node=self.node, lease=self.settings.lease)
-            adopted = await claims.reap(keeper, epoch=self.epoch)
-            queued = await keeper.fetch(_QUEUED)
+            adopted, queued = await self._join(keeper)
             conn = await self._connect_writer()
             self._pool = await asyncpg.create_pool(
                 self.settings.dsn,
@@ -99,8 +97,12 @@ class PostgresStore(Store):
                 max_size=self.settings.pool,
                 server_settings={"search_path": self.settings.schema},
             )
-        except BaseException:
+        except BaseException as exc:
             keeper.terminate()
+            if conn is not None:
+                conn.terminate()
+            if isinstance(exc, _READ_FAILED):
+                raise StoreError(f"cannot open {self!r}: {exc}") from None
             raise
         self._keeper = keeper
         self._writer = Writer(
@@ -117,6 +119,13 @@ class PostgresStore(Store):
         jobs += [(r.place, r.job) for r in adopted]
         jobs.sort(key=lambda pair: pair[0])
         return [info for _place, info in jobs]
+
+    async def _join(self, keeper: asyncpg.Connection) -> tuple[list[Reaped], list[Any]]:
+        """Migrate, take a lease, adopt lapsed attempts; what this node may take."""
+        await migrate(keeper, self.settings.schema)
+        self.epoch = await claims.register(keeper, node=self.node, lease=self.settings.lease)
+        adopted = await claims.reap(keeper, epoch=self.epoch)
+        return adopted, await keeper.fetch(_QUEUED)
 
     @staticmethod
     def _log_adopted(adopted: list[Reaped]) -> None:
