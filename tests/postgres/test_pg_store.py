@@ -110,6 +110,22 @@ async def test_a_missing_database_is_a_store_error(postgres_server: PostgresServ
         await store.open()
 
 
+async def test_a_role_that_may_not_create_the_schema_gets_a_store_error(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    await fetch(postgres_url, "DROP ROLE IF EXISTS visitor")
+    await fetch(postgres_url, "CREATE ROLE visitor LOGIN PASSWORD 'visitor-secret'")
+    try:
+        url = postgres_server.dsn().replace(
+            "postgres:laneway-test-secret", "visitor:visitor-secret"
+        )
+        store = PostgresStore(url + "?schema=not_allowed")
+        with pytest.raises(StoreError, match="permission denied"):
+            await store.open()
+    finally:
+        await fetch(postgres_url, "DROP ROLE visitor")
+
+
 def _closed_port() -> int:
     import socket
 
