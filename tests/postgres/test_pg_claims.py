@@ -261,3 +261,22 @@ async def _terminal_events(url: str, job: str) -> int:
         [f"job.{s.value}" for s in JobState if s.terminal],
     )
     return int(rows[0][0])
+
+
+@pytest.mark.slow
+async def test_a_long_turn_keeps_its_slot_while_its_node_heartbeats(
+    nodes: tuple[PostgresStore, PostgresStore], postgres_url: str
+) -> None:
+    a, b = nodes  # a's lease is 1 s; the turn runs three leases long
+    job = await add(a, "long", "llm")
+    [c] = await a.claim(5, LANES)
+    waiting = await add(b, "next", "llm")
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        await a.maintain()
+        assert await b.reap() == []
+        assert await b.claim(5, LANES) == []
+        await asyncio.sleep(a.settings.lease / 3)  # what the runtime does
+    assert await a.append_event("long", job, "delta", {}, attempt=c.attempt) is not None
+    await done(a, c)
+    assert [x.job.id for x in await b.claim(5, LANES)] == [waiting]
