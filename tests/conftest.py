@@ -1,10 +1,12 @@
-"""Shared fixtures: a started Laneway on the memory store, closed after the test."""
+"""Shared fixtures: Laneways on the memory store, and a throwaway PostgreSQL server."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import warnings
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 from laneway import Laneway
 
 from ._helpers import Stubborn, settle
+from .pgserver import PostgresServer, ServerMissing
 
 MakeLaneway = Callable[..., Laneway]
 
@@ -82,3 +85,34 @@ def _close_current_loop() -> None:
     if not loop.is_running() and not loop.is_closed():
         loop.close()
     policy.set_event_loop(None)
+
+
+# -- PostgreSQL ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster for the whole run, stopped and removed at the end.
+
+    Without the server binaries the PostgreSQL tests skip on a workstation and
+    fail in CI (``CI=true``), where ``scripts/test`` installs them.
+    """
+    try:
+        server = PostgresServer()
+    except ServerMissing as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    try:  # stopped on every way out: a failed start, the end of the run, Ctrl-C
+        yield server.start()
+    finally:
+        server.stop()
+
+
+_schemas = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A store URL on the test server with a schema of its own: every test starts empty."""
+    return f"{postgres_server.dsn()}?schema=t{os.getpid()}_{next(_schemas)}&lease=30s&poll=1s"

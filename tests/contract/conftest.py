@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from laneway import JobInfo
-from laneway.stores import MemoryStore, Store
+from laneway.stores import MemoryStore, Store, open_store
 from laneway.stores._sqlite import SQLiteStore
 
 
@@ -21,8 +21,9 @@ class StoreKit:
 
     name = ""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, request: pytest.FixtureRequest) -> None:
         self.tmp_path = tmp_path
+        self.request = request
         self.opened: list[Store] = []
 
     def make(self) -> Store:
@@ -52,8 +53,8 @@ class MemoryKit(StoreKit):
 
     name = "memory"
 
-    def __init__(self, tmp_path: Path) -> None:
-        super().__init__(tmp_path)
+    def __init__(self, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        super().__init__(tmp_path, request)
         self._store = MemoryStore()
 
     def make(self) -> Store:
@@ -67,12 +68,29 @@ class SQLiteKit(StoreKit):
         return SQLiteStore(f"sqlite:///{self.tmp_path}/contract.db")
 
 
-KITS: dict[str, type[StoreKit]] = {"memory": MemoryKit, "sqlite": SQLiteKit}
+class PostgresKit(StoreKit):
+    """A schema of its own on the session's PostgreSQL server (see ``postgres_url``)."""
+
+    name = "postgresql"
+
+    def __init__(self, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        super().__init__(tmp_path, request)
+        self.url: str = request.getfixturevalue("postgres_url")
+
+    def make(self) -> Store:
+        return open_store(self.url)
+
+
+KITS: dict[str, type[StoreKit]] = {
+    "memory": MemoryKit,
+    "sqlite": SQLiteKit,
+    "postgresql": PostgresKit,
+}
 
 
 @pytest.fixture(params=sorted(KITS))
 async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreKit]:
-    made = KITS[request.param](tmp_path)
+    made = KITS[request.param](tmp_path, request)
     try:
         yield made
     finally:

@@ -22,10 +22,11 @@ def test_the_wheel_builds_and_ships_migrations_and_type_marker(tmp_path: Path) -
     )
     (wheel,) = tmp_path.glob("laneway-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    migrations = {n for n in names if n.startswith("laneway/stores/migrations/sqlite/")}
-    shipped = {Path(n).name for n in migrations}
-    on_disk = {p.name for p in (ROOT / "src/laneway/stores/migrations/sqlite").iterdir()}
-    assert shipped >= {p for p in on_disk if p.endswith(".sql")}
+    for backend in ("sqlite", "postgres"):
+        folder = f"laneway/stores/migrations/{backend}/"
+        shipped = {Path(n).name for n in names if n.startswith(folder)}
+        on_disk = {p.name for p in (ROOT / "src" / folder).iterdir()}
+        assert shipped >= {p for p in on_disk if p.endswith(".sql")}, backend
     assert "laneway/py.typed" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "laneway = laneway.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()

@@ -1,4 +1,5 @@
-"""Job stores behind one contract, chosen by URL: ``memory://``, ``sqlite:///path``."""
+"""Job stores behind one contract, chosen by URL: ``memory://``, ``sqlite:///path``,
+``postgresql://user:pass@host/db`` (needs the ``laneway[postgres]`` extra)."""
 
 from __future__ import annotations
 
@@ -23,4 +24,21 @@ def open_store(url: str) -> Store:
 
         store: Store = SQLiteStore(url)
         return store
-    raise ConfigError(f"unknown store scheme {scheme!r} in {url!r}; use memory:// or sqlite:///")
+    if scheme in ("postgresql", "postgres"):
+        return _postgres_store(url)
+    raise ConfigError(
+        f"unknown store scheme {scheme!r} in {url!r}; use memory://, sqlite:/// or postgresql://"
+    )
+
+
+def _postgres_store(url: str) -> Store:
+    try:
+        import asyncpg  # noqa: F401 - only to tell a missing extra apart
+    except ImportError:
+        raise ConfigError(
+            f"{url.split('://', 1)[0]}:// stores need the PostgreSQL driver: "
+            "pip install 'laneway[postgres]'"
+        ) from None
+    from ._postgres import PostgresStore
+
+    return PostgresStore(url)

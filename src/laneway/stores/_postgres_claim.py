@@ -1,0 +1,295 @@
+"""What many nodes on one database need: leases, the reaper, shared-lane slots, claims.
+
+Every function takes a connection; those that change more than one row run in
+the caller's transaction (``claim`` is meant to run inside the writer's batch,
+beside the finishes that freed the slots) or open their own (``reap``).
+
+- **Leases.** ``register`` gives a node a new *epoch* (never reused) and a lease
+  on the server's clock; ``heartbeat`` extends it and says False once the lease
+  is gone (another node reaped it, or the node re-registered). A running
+  attempt carries its owner's epoch and every write of it is fenced on that.
+- **Reaping.** ``reap`` deletes lapsed leases and adopts every running attempt
+  whose epoch has no lease: the attempt moves to the reaper's epoch (so the
+  old owner's late writes are refused) and its shared-lane slots are freed.
+  The caller then decides each one by the lost-attempt rules with ordinary
+  fenced writes (``retry``/``finish``), exactly as after ``open()``.
+- **Claims.** ``claim`` takes runnable session heads oldest first (one per
+  session per call, so a batch never holds two jobs of one session), and for
+  each the slots of every shared lane it needs, all of them or none; rows
+  locked by another claimer are skipped, never waited for.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from .._types import Event, JobInfo
+from ._postgres_rows import JOB_COLUMNS, job_info
+from ._postgres_writes import Batch
+
+__all__ = [
+    "Claimed",
+    "Reaped",
+    "claim",
+    "heartbeat",
+    "register",
+    "release",
+    "reap",
+    "set_lanes",
+]
+
+_NOW = "extract(epoch FROM clock_timestamp())"
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A job this node now runs: its new attempt, the ``job.started`` event, its slots."""
+
+    job: JobInfo
+    attempt: int
+    event: Event
+    slots: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reaped:
+    """A running attempt taken over from a node whose lease lapsed.
+
+    ``in_flight`` is how many attempts that node had running when it was
+    reaped: 1 means this job was alone, so the crash may be its own.
+    """
+
+    job: JobInfo
+    in_flight: int
+    place: int  # the job's place in line (acceptance order)
+
+
+# -- leases ----------------------------------------------------------------------------
+
+
+async def register(conn: asyncpg.Connection, *, node: str, lease: float) -> int:
+    """Start (or restart) ``node``'s lease; returns its new epoch."""
+    epoch: int = await conn.fetchval(
+        "INSERT INTO nodes (node, epoch, host, pid, started_at, expires_at)"
+        f" VALUES ($1, nextval('epochs'), $2, $3, {_NOW}, {_NOW} + $4)"
+        " ON CONFLICT (node) DO UPDATE SET epoch = excluded.epoch, host = excluded.host,"
+        " pid = excluded.pid, started_at = excluded.started_at, expires_at = excluded.expires_at"
+        " RETURNING epoch",
+        node,
+        socket.gethostname(),
+        os.getpid(),
+        lease,
+    )
+    return epoch
+
+
+async def heartbeat(conn: asyncpg.Connection, *, node: str, epoch: int, lease: float) -> bool:
+    """Extend the lease; False if it is no longer this node's (the node must stop its work)."""
+    done = await conn.fetchval(
+        f"UPDATE nodes SET expires_at = {_NOW} + $3 WHERE node = $1 AND epoch = $2 RETURNING 1",
+        node,
+        epoch,
+        lease,
+    )
+    return done is not None
+
+
+async def release(conn: asyncpg.Connection, *, node: str, epoch: int) -> None:
+    """End the lease now (a clean stop): what is still running may be reaped at once."""
+    await conn.execute("DELETE FROM nodes WHERE node = $1 AND epoch = $2", node, epoch)
+
+
+# -- the reaper --------------------------------------------------------------------------
+
+_EXPIRE = f"""
+DELETE FROM nodes WHERE node IN (
+    SELECT node FROM nodes WHERE expires_at < {_NOW} FOR UPDATE SKIP LOCKED)
+"""
+
+_ORPHANS = """
+SELECT num, epoch FROM jobs j
+WHERE state = 'running' AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.epoch = j.epoch)
+FOR UPDATE SKIP LOCKED
+"""
+
+_ADOPT = f"""
+UPDATE jobs SET epoch = $2, updated_at = $3 WHERE num = ANY($1::bigint[])
+RETURNING {JOB_COLUMNS}, num
+"""
+
+
+async def reap(conn: asyncpg.Connection, *, epoch: int) -> list[Reaped]:
+    """Take over the attempts of lapsed leases (in its own transaction); acceptance order."""
+    async with conn.transaction():
+        await conn.execute(_EXPIRE)
+        orphans = await conn.fetch(_ORPHANS)
+        if not orphans:
+            return []
+        per_owner = Counter(row[1] for row in orphans)
+        owner = {row[0]: row[1] for row in orphans}
+        rows = await conn.fetch(_ADOPT, list(owner), epoch, time.time())
+        ids = [row[0] for row in rows]
+        await conn.execute("UPDATE slots SET job_id = NULL WHERE job_id = ANY($1::text[])", ids)
+    rows = sorted(rows, key=lambda row: int(row["num"]))
+    return [Reaped(job_info(row), per_owner[owner[row["num"]]], int(row["num"])) for row in rows]
+
+
+# -- shared lanes and claims ---------------------------------------------------------------
+
+
+async def set_lanes(conn: asyncpg.Connection, caps: Mapping[str, int]) -> None:
+    """Make each lane's slot rows match its cap (a busy surplus slot goes on its next call)."""
+    async with conn.transaction():
+        for lane, cap in sorted(caps.items()):
+            await conn.execute(
+                "INSERT INTO slots (lane, slot) SELECT $1, g FROM generate_series(1, $2) AS g"
+                " ON CONFLICT DO NOTHING",
+                lane,
+                cap,
+            )
+            await conn.execute(
+                "DELETE FROM slots WHERE lane = $1 AND slot > $2 AND job_id IS NULL", lane, cap
+            )
+
+
+# Only heads whose every lane has a free slot are worth locking: a thousand heads
+# waiting on a full lane must not hide a younger head that could run now.
+_HEADS = f"""
+SELECT j.num, j.handler FROM sessions s JOIN jobs j ON j.num = s.head AND j.state = 'queued'
+WHERE s.ready IS NOT NULL AND s.not_before <= {_NOW} AND j.handler = ANY($2::text[])
+ORDER BY s.ready LIMIT $1
+FOR UPDATE OF s SKIP LOCKED
+"""
+
+_FREE_COUNTS = "SELECT lane, count(*) FROM slots WHERE job_id IS NULL GROUP BY lane"
+
+_FREE_SLOTS = """
+SELECT w.lane, s.slot FROM unnest($1::text[], $2::int[]) AS w(lane, n)
+CROSS JOIN LATERAL (
+    SELECT slot FROM slots WHERE slots.lane = w.lane AND job_id IS NULL
+    ORDER BY slot LIMIT w.n FOR UPDATE SKIP LOCKED) s
+"""
+
+_TAKE_SLOTS = """
+UPDATE slots SET job_id = v.job FROM unnest($1::text[], $2::int[], $3::text[]) AS v(lane, slot, job)
+WHERE slots.lane = v.lane AND slots.slot = v.slot
+"""
+
+_START = f"""
+UPDATE jobs SET state = 'running', attempts = attempts + 1, output = false, epoch = $2,
+    updated_at = $3
+WHERE num = ANY($1::bigint[]) AND state = 'queued'
+RETURNING {JOB_COLUMNS}, num
+"""
+
+_ADVANCE = """
+UPDATE sessions s SET seq = s.seq + 1, running = s.running + 1,
+    head = nx.num, not_before = coalesce(nx.run_after, 0)
+FROM unnest($1::text[]) AS c(session)
+LEFT JOIN LATERAL (
+    SELECT q.num, q.run_after FROM jobs q WHERE q.session = c.session AND q.state = 'queued'
+    ORDER BY q.num LIMIT 1) nx ON true
+WHERE s.session = c.session
+RETURNING s.session, s.seq
+"""
+
+_EVENTS = """
+INSERT INTO events (session, seq, job_id, kind, data, at)
+SELECT session, seq, job_id, 'job.started', data, $5
+FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) AS e(session, seq, job_id, data)
+"""
+
+
+def _assign(
+    heads: Sequence[Any],
+    free: Mapping[str, list[int]],
+    handler_lanes: Mapping[str, Sequence[str]],
+    capacity: int,
+) -> dict[int, tuple[tuple[str, int], ...]]:
+    """Oldest first: each job gets one slot of every lane it needs, or nothing."""
+    left = {lane: list(slots) for lane, slots in free.items()}
+    chosen: dict[int, tuple[tuple[str, int], ...]] = {}
+    for num, handler in heads:
+        if len(chosen) >= capacity:
+            break
+        needs = handler_lanes[handler]
+        if all(left.get(lane) for lane in needs):
+            chosen[num] = tuple((lane, left[lane].pop(0)) for lane in needs)
+    return chosen
+
+
+async def claim(
+    conn: asyncpg.Connection,
+    batch: Batch,
+    capacity: int,
+    handler_lanes: Mapping[str, Sequence[str]],
+) -> list[Claimed]:
+    """Start up to ``capacity`` runnable jobs whose handler is in ``handler_lanes``.
+
+    Runs inside the caller's transaction (the writer's batch); the ``job.started``
+    events and slots commit with it. Oldest session head first, across sessions.
+    """
+    if capacity < 1:
+        return []
+    free_now = {row[0]: row[1] for row in await conn.fetch(_FREE_COUNTS)}
+    runnable = [
+        handler
+        for handler, lanes in handler_lanes.items()
+        if all(free_now.get(lane, 0) > 0 for lane in lanes)
+    ]
+    if not runnable:
+        return []
+    rows = await conn.fetch(_HEADS, capacity * 2 + 16, runnable)
+    heads = [(row[0], row[1]) for row in rows]
+    if not heads:
+        return []
+    wanted = Counter(lane for _num, handler in heads for lane in set(handler_lanes[handler]))
+    free: dict[str, list[int]] = {}
+    if wanted:
+        lanes = sorted(wanted)
+        for row in await conn.fetch(_FREE_SLOTS, lanes, [wanted[lane] for lane in lanes]):
+            free.setdefault(row[0], []).append(row[1])
+    chosen = _assign(heads, free, handler_lanes, capacity)
+    if not chosen:
+        return []
+    return await _start(conn, batch, chosen)
+
+
+async def _start(
+    conn: asyncpg.Connection, batch: Batch, chosen: dict[int, tuple[tuple[str, int], ...]]
+) -> list[Claimed]:
+    now = time.time()
+    started = await conn.fetch(_START, list(chosen), batch.epoch, now)
+    started = sorted(started, key=lambda row: int(row["num"]))
+    taken = [(lane, slot, row[0]) for row in started for lane, slot in chosen[row["num"]]]
+    if taken:
+        await conn.execute(_TAKE_SLOTS, *(list(column) for column in zip(*taken, strict=True)))
+    advanced = await conn.fetch(_ADVANCE, [row[1] for row in started])
+    seqs: dict[str, int] = {row[0]: row[1] for row in advanced}
+    datas = [f'{{"attempt":{row[4]}}}' for row in started]
+    await conn.execute(
+        _EVENTS,
+        [row[1] for row in started],
+        [seqs[row[1]] for row in started],
+        [row[0] for row in started],
+        datas,
+        now,
+    )
+    batch.events.update(row[1] for row in started)
+    return [
+        Claimed(
+            job=job_info(row),
+            attempt=row[4],
+            event=Event(seqs[row[1]], row[1], row[0], "job.started", {"attempt": row[4]}, now),
+            slots=chosen[row["num"]],
+        )
+        for row in started
+    ]
