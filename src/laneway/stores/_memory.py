@@ -1,8 +1,9 @@
 """``memory://``: the in-process store, for tests and ephemeral use.
 
-It follows the same contract as the durable stores (fencing, idempotency,
-exactly one terminal write) so the shared contract suite runs against it;
-everything is lost when the process ends.
+It follows the same contract as the durable stores: the rulebook in
+``_rules`` decides every write, and values are kept as ``_codec`` decodes
+them, so it accepts, refuses and returns exactly what SQLite does; everything
+is lost when the process ends.
 """
 
 from __future__ import annotations
@@ -11,28 +12,14 @@ import asyncio
 import time
 from typing import Any, TypeVar
 
-from .._types import TERMINAL_STATES, Event, JobInfo, JobState
+from .._codec import canonical
+from .._types import Event, JobInfo, JobState
+from . import _rules as rules
 from ._base import Store
 
-__all__ = ["MemoryStore", "job_event_data"]
+__all__ = ["MemoryStore"]
 
 T = TypeVar("T")
-
-_REQUEUEABLE = frozenset({JobState.FAILED, JobState.TIMED_OUT, JobState.DEAD})
-_KIND = {state: f"job.{state.value}" for state in JobState}
-
-
-def job_event_data(
-    state: JobState, *, attempts: int, result: Any, error: str | None, reason: str | None
-) -> dict[str, Any]:
-    """The data of a terminal ``job.<state>`` event (shared by every store)."""
-    return {
-        "state": str(state),
-        "reason": reason,
-        "error": error,
-        "result": result,
-        "attempts": attempts,
-    }
 
 
 class _Rec:
@@ -114,7 +101,7 @@ class MemoryStore(Store):
 
     async def open(self) -> list[JobInfo]:
         self._loop = asyncio.get_running_loop()
-        return [r.info() for r in self._jobs.values() if r.state not in TERMINAL_STATES]
+        return [r.info() for r in self._jobs.values() if r.state in rules.LIVE_STATES]
 
     async def close(self) -> None:
         self._loop = None
@@ -137,12 +124,6 @@ class MemoryStore(Store):
         log.append(ev)
         return ev
 
-    def _running(self, job_id: str, attempt: int) -> _Rec | None:
-        rec = self._jobs.get(job_id)
-        if rec is None or rec.state is not JobState.RUNNING or rec.attempts != attempt:
-            return None
-        return rec
-
     # -- writes ----------------------------------------------------------------
 
     def add_job(
@@ -155,6 +136,7 @@ class MemoryStore(Store):
         priority: int,
         idempotency_key: str | None,
     ) -> asyncio.Future[tuple[JobInfo, Event | None]]:
+        payload, _ = canonical(payload, "payload")
         if idempotency_key is not None:
             existing = self._keys.get((session, idempotency_key))
             if existing is not None:
@@ -163,27 +145,27 @@ class MemoryStore(Store):
         now = time.time()
         rec = _Rec(job_id, session, handler, payload, priority, idempotency_key, now)
         self._jobs[job_id] = rec
-        data = {"handler": handler, "payload": payload}
-        ev = self._append(session, job_id, "job.queued", data, now)
+        ev = self._append(session, job_id, "job.queued", rules.queued_data(handler, payload), now)
         return self._done((rec.info(), ev))
 
     def start_attempt(self, job_id: str, attempt: int) -> asyncio.Future[Event | None]:
         rec = self._jobs.get(job_id)
-        if rec is None or rec.state is not JobState.QUEUED or attempt != rec.attempts + 1:
+        if rec is None or not rules.may_start(rec.state, rec.attempts, attempt):
             return self._done(None)
         rec.state = JobState.RUNNING
         rec.attempts = attempt
         rec.output = False
         rec.updated_at = now = time.time()
-        ev = self._append(rec.session, job_id, "job.started", {"attempt": attempt}, now)
+        ev = self._append(rec.session, job_id, "job.started", rules.started_data(attempt), now)
         return self._done(ev)
 
     def append_event(
         self, session: str, job_id: str | None, kind: str, data: Any, *, attempt: int | None
     ) -> asyncio.Future[Event | None]:
+        data, _ = canonical(data, "event data")
         if attempt is not None:
-            rec = self._running(job_id, attempt) if job_id is not None else None
-            if rec is None:
+            rec = self._jobs.get(job_id) if job_id is not None else None
+            if rec is None or not rules.may_write(rec.state, rec.attempts, attempt):
                 return self._done(None)
             rec.output = True
         return self._done(self._append(session, job_id, kind, data))
@@ -198,14 +180,14 @@ class MemoryStore(Store):
         lost: bool,
         delay: float,
     ) -> asyncio.Future[Event | None]:
-        rec = self._running(job_id, attempt)
-        if rec is None:
+        rec = self._jobs.get(job_id)
+        if rec is None or not rules.may_retry(rec.state, rec.attempts, attempt):
             return self._done(None)
         rec.state = JobState.QUEUED
         rec.error, rec.reason = error, reason
         rec.lost += int(lost)
         rec.updated_at = time.time()
-        data = {"attempt": attempt, "reason": reason, "error": error, "delay": delay}
+        data = rules.retry_data(attempt, reason, error, delay)
         return self._done(self._append(rec.session, job_id, "job.retry", data))
 
     def finish(
@@ -219,30 +201,30 @@ class MemoryStore(Store):
         reason: str | None,
         lost: bool,
     ) -> asyncio.Future[Event | None]:
+        result, _ = canonical(result, "result")
         rec = self._jobs.get(job_id)
-        if rec is None or rec.state in TERMINAL_STATES or rec.attempts != attempt:
+        if rec is None or not rules.may_finish(rec.state, rec.attempts, attempt):
             return self._done(None)
         rec.state = state
         rec.result, rec.error, rec.reason = result, error, reason
         rec.lost += int(lost)
         rec.updated_at = now = time.time()
-        data = job_event_data(state, attempts=attempt, result=result, error=error, reason=reason)
-        return self._done(self._append(rec.session, job_id, _KIND[state], data, now))
+        data = rules.terminal_data(
+            state, attempts=attempt, result=result, error=error, reason=reason
+        )
+        kind = rules.terminal_kind(state)
+        return self._done(self._append(rec.session, job_id, kind, data, now))
 
     def requeue(self, job_id: str) -> asyncio.Future[tuple[JobInfo, Event] | None]:
         rec = self._jobs.get(job_id)
-        if rec is None or rec.state not in _REQUEUEABLE:
+        if rec is None or not rules.may_requeue(rec.state):
             return self._done(None)
         previous = rec.state
         rec.state = JobState.QUEUED
         rec.attempts = rec.lost = 0
         rec.result = rec.error = rec.reason = None
         rec.updated_at = time.time()
-        data = {
-            "handler": rec.handler,
-            "payload": rec.payload,
-            "requeued_from": previous.value,
-        }
+        data = rules.requeued_data(rec.handler, rec.payload, previous)
         ev = self._append(rec.session, job_id, "job.queued", data)
         return self._done((rec.info(), ev))
 

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from .._codec import canonical
+from .._codec import decode as _decode
 from .._errors import StoreError
 from .._types import Event, JobInfo, JobState
 from ._base import Store
@@ -42,7 +44,6 @@ _RETENTION_EVERY = 60.0
 _PRUNE_CHUNK = 5_000
 _PRUNE_CHUNKS = 20
 _EVENT_COLUMNS = "seq, session, job_id, kind, data, at"
-_decode = json.JSONDecoder().decode
 
 
 class SQLiteStore(Store):
@@ -243,7 +244,8 @@ class SQLiteStore(Store):
         priority: int,
         idempotency_key: str | None,
     ) -> asyncio.Future[tuple[JobInfo, Event | None]]:
-        args = (job_id, session, handler, payload, priority, idempotency_key)
+        payload, encoded = canonical(payload, "payload")
+        args = (job_id, session, handler, payload, encoded, priority, idempotency_key)
         return self._write(Writer.add_job, args)
 
     def start_attempt(self, job_id: str, attempt: int) -> asyncio.Future[Event | None]:
@@ -252,7 +254,8 @@ class SQLiteStore(Store):
     def append_event(
         self, session: str, job_id: str | None, kind: str, data: Any, *, attempt: int | None
     ) -> asyncio.Future[Event | None]:
-        return self._write(Writer.append_event, (session, job_id, kind, data, attempt))
+        data, encoded = canonical(data, "event data")
+        return self._write(Writer.append_event, (session, job_id, kind, data, encoded, attempt))
 
     def retry(
         self,
@@ -277,7 +280,9 @@ class SQLiteStore(Store):
         reason: str | None,
         lost: bool,
     ) -> asyncio.Future[Event | None]:
-        return self._write(Writer.finish, (job_id, attempt, state, result, error, reason, lost))
+        result, encoded = canonical(result, "result")
+        args = (job_id, attempt, state, result, encoded, error, reason, lost)
+        return self._write(Writer.finish, args)
 
     def requeue(self, job_id: str) -> asyncio.Future[tuple[JobInfo, Event] | None]:
         return self._write(Writer.requeue, (job_id,))
