@@ -33,6 +33,7 @@ from .._codec import decode as _decode
 from .._errors import StoreError
 from .._types import Event, JobInfo, JobState
 from ._base import Store
+from ._sqlite_checkpoint import Checkpointer
 from ._sqlite_schema import SQLiteSettings, migrate, parse_url
 from ._sqlite_writer import JOB_COLUMNS, Writer, job_info, store_error
 
@@ -56,6 +57,7 @@ class SQLiteStore(Store):
         self.lock_path = Path(f"{self.path}.lock")
         self.maintain_interval = self.settings.maintain_interval
         self._writer: Writer | None = None
+        self._checkpointer = Checkpointer(self._connect_checkpointer)
         self._lock_fd: int | None = None
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._closed = False
@@ -82,6 +84,7 @@ class SQLiteStore(Store):
         loop = asyncio.get_running_loop()
         writer, unfinished = await asyncio.to_thread(self._open_sync, loop)
         writer.start()
+        self._checkpointer.start()
         self._writer = writer
         return unfinished
 
@@ -96,7 +99,9 @@ class SQLiteStore(Store):
             conn = self._connect()
             try:
                 self._prepare(conn)
-                writer = Writer(conn, loop, self.settings.batch_max)
+                writer = Writer(
+                    conn, loop, self.settings.batch_max, after_commit=self._checkpointer.committed
+                )
                 unfinished = writer.load()
             except BaseException:
                 conn.close()
@@ -117,6 +122,11 @@ class SQLiteStore(Store):
             check_same_thread=False,
         )
 
+    def _connect_checkpointer(self) -> sqlite3.Connection:
+        conn = self._connect()
+        conn.execute(f"PRAGMA synchronous = {self.settings.synchronous.upper()}")
+        return conn
+
     def _prepare(self, conn: sqlite3.Connection) -> None:
         # The first statement reads the header: a corrupt file fails here, before any write.
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -125,6 +135,7 @@ class SQLiteStore(Store):
         conn.execute(f"PRAGMA synchronous = {self.settings.synchronous.upper()}")
         conn.execute("PRAGMA cache_size = -32000")
         conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job
         migrate(conn)
         self._since = time.time()
         conn.execute(
@@ -183,6 +194,7 @@ class SQLiteStore(Store):
             return
         writer.stop()
         await asyncio.to_thread(writer.join)
+        await asyncio.to_thread(self._checkpointer.stop)
         self._writer = None
         while True:
             try:

@@ -261,15 +261,24 @@ class _Live:
         )
 
 
+def _nothing(conn: sqlite3.Connection) -> None:
+    pass
+
+
 class Writer:
     """One thread, one connection, every write in call order."""
 
     def __init__(
-        self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, batch_max: int
+        self,
+        conn: sqlite3.Connection,
+        loop: asyncio.AbstractEventLoop,
+        batch_max: int,
+        after_commit: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
         self.conn = conn
         self.loop = loop
         self.batch_max = batch_max
+        self._after_commit = after_commit or _nothing
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.transactions = 0
         self.writes = 0
@@ -390,6 +399,7 @@ class Writer:
             return [self._apply([item])[0] for item in batch]
         self.transactions += 1
         self.writes += len(batch)
+        self._after_commit(conn)
         return [(True, v) for v in values]
 
     def _rollback(self) -> None:
