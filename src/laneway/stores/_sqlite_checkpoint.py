@@ -8,11 +8,14 @@ thread after its commits; it runs a ``PASSIVE`` checkpoint on its own
 connection, which never blocks the writer or the readers, and holds no GIL
 while SQLite works.
 
-A checkpoint beside a busy writer cannot catch up with it (new frames land
-while it copies), and SQLite only restarts the WAL from its beginning once
-every frame is copied. So after each background checkpoint the writer, between
-two transactions, copies the few frames committed meanwhile itself: cheap,
-since the bulk and its fsync are done, and it keeps the WAL file bounded.
+A checkpoint beside a busy writer never quite catches up with it (new frames
+land while it copies), and SQLite restarts the WAL from its beginning only
+once every frame is copied. So every ``COMMITS_PER_RESTART`` commits the
+writer, between two transactions, copies the frames committed since the last
+background checkpoint itself: the WAL file stays bounded, and the one commit
+in hundreds that pays for it pays two fsyncs, not a thousand-page copy.
+(Finishing after every background checkpoint instead cost those fsyncs every
+few dozen commits and halved throughput.)
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ __all__ = ["Checkpointer"]
 
 log = logging.getLogger("laneway.store")
 
-#: Commits between checkpoints: a group commit writes a few dozen pages, so this
-#: keeps the WAL near SQLite's default limit of 1,000 pages.
-COMMITS_PER_CHECKPOINT = 16
-#: If the background checkpoints fall this far behind (a starved thread, long
-#: reads pinning old frames), the writer checkpoints in line as SQLite would.
-COMMITS_BEFORE_INLINE = 8 * COMMITS_PER_CHECKPOINT
+#: Commits between background checkpoints: a group commit writes a few dozen
+#: pages, so this copies about as much as SQLite's default 1,000-page checkpoint.
+COMMITS_PER_CHECKPOINT = 32
+#: Commits between the writer's own checkpoints, which let the WAL restart: the
+#: WAL file holds at most about this many commits.
+COMMITS_PER_RESTART = 8 * COMMITS_PER_CHECKPOINT
 
 
 class Checkpointer:
@@ -43,7 +46,6 @@ class Checkpointer:
         self._stopping = False
         self._commits = 0
         self._since_restart = 0
-        self._caught_up = False  # a background checkpoint finished; the writer may finish it
         self.checkpoints = 0
         self._thread = threading.Thread(target=self._run, name="laneway-sqlite-wal", daemon=True)
 
@@ -53,11 +55,10 @@ class Checkpointer:
     def committed(self, conn: sqlite3.Connection) -> None:
         """Called by the writer thread after each commit, outside any transaction."""
         self._since_restart += 1
-        if self._caught_up or self._since_restart >= COMMITS_BEFORE_INLINE:
-            self._caught_up = False
-            # Copies what landed since the background checkpoint, so the WAL restarts.
-            if self._checkpoint(conn):
-                self._since_restart = 0
+        if self._since_restart >= COMMITS_PER_RESTART:
+            # Incomplete (a reader or the background checkpoint in the way): soon again.
+            done = self._checkpoint(conn)
+            self._since_restart = 0 if done else COMMITS_PER_RESTART - COMMITS_PER_CHECKPOINT
         self._commits += 1
         if self._commits >= COMMITS_PER_CHECKPOINT:
             self._commits = 0
@@ -82,15 +83,16 @@ class Checkpointer:
                 self._wake.clear()
                 if self._stopping:
                     return
-                self._caught_up = self._checkpoint(conn)
+                self._checkpoint(conn)
         finally:
             conn.close()
 
     def _checkpoint(self, conn: sqlite3.Connection) -> bool:
+        """True if every frame is now in the database (the next write restarts the WAL)."""
         try:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:  # the next nudge tries again; commits go on meanwhile
             log.warning("store.checkpoint_failed: %s", exc, extra={"error": repr(exc)})
             return False
         self.checkpoints += 1
-        return True
+        return not busy and frames == copied
