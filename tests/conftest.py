@@ -1,4 +1,4 @@
-"""Shared fixtures: a started Laneway on the memory store, closed after the test."""
+"""Shared fixtures: Laneways on a store kit (memory unless a test asks for every kit)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ import asyncio
 import warnings
 from collections.abc import AsyncIterator, Callable, Generator
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from laneway import Laneway
+from laneway.stores import Store
 
-from ._helpers import Stubborn, settle
+from ._helpers import STORE_KITS, Stubborn, settle
 
 MakeLaneway = Callable[..., Laneway]
 
@@ -26,8 +28,18 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 @pytest.fixture
-async def make_laneway() -> AsyncIterator[MakeLaneway]:
-    """Build Laneways (memory store, watchdog off unless asked); all closed at teardown.
+def store_kit(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str | Store]:
+    """Makes the store ``make_laneway`` uses (memory, unless a test asks for every kit).
+
+    A factory, so that two Laneways of one test (a restart) open the same database.
+    """
+    kit = STORE_KITS[getattr(request, "param", "memory")]
+    return lambda: kit(tmp_path)
+
+
+@pytest.fixture
+async def make_laneway(store_kit: Callable[[], str | Store]) -> AsyncIterator[MakeLaneway]:
+    """Build Laneways (on ``store_kit``'s store, watchdog off unless asked); all closed at teardown.
 
     Returns a factory: ``lw = make_laneway(lanes={"llm": 2})``; register
     handlers, then ``await lw.start()`` (or use ``started()``).
@@ -37,6 +49,8 @@ async def make_laneway() -> AsyncIterator[MakeLaneway]:
 
     def factory(**kwargs: Any) -> Laneway:
         kwargs.setdefault("watchdog_threshold", None)
+        if "store" not in kwargs:
+            kwargs["store"] = store_kit()
         lw = Laneway(**kwargs)
         made.append(lw)
         return lw

@@ -17,10 +17,10 @@ import pytest
 from laneway import JobState, Laneway, Limits, Retry, TurnContext
 from laneway.testing import hang, model_stream
 
-from .._helpers import Starts, Stubborn, events_of, now, state, terminal_counts
+from .._helpers import Starts, Stubborn, events_of, every_store, now, state, terminal_counts
 from ..conftest import MakeLaneway
 
-pytestmark = pytest.mark.looptime
+pytestmark = [pytest.mark.looptime, every_store]
 
 IDLE = 60.0
 GRACE = 5.0

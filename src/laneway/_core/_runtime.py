@@ -457,12 +457,14 @@ class Laneway:
         await self._settle()
         self._release_zombies()
         self._shutdown_parts()
+        # Closing the store flushes the writes still in flight (a turn that ended in
+        # the grace) and delivers their outcomes; only jobs still open are Closed.
+        with contextlib.suppress(Exception):
+            await self.store.close()
         for job in list(self._jobs.values()):
             for fut in job.waiters:
                 if not fut.done():
                     fut.set_exception(Closed("the Laneway closed before the job finished"))
-        with contextlib.suppress(Exception):
-            await self.store.close()
         if self._process_runner is not None:
             await self._process_runner.close()
         await self._run_closers()
