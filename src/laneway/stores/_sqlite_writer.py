@@ -6,9 +6,11 @@ in one transaction and resolves the batch's futures with a single
 ``call_soon_threadsafe``. While one transaction commits the next batch
 accumulates, so durability costs throughput per transaction, not per write.
 
-Decisions (fencing, idempotency, ``seq``) are made here, against the
-database as it stands after every earlier write: the same answers the memory
-store gives at call time, because writes are applied strictly in call order.
+Decisions (fencing by the rulebook in ``_rules``, idempotency, ``seq``) are
+made here, against the database as it stands after every earlier write: the
+same answers the memory store gives at call time, because writes are applied
+strictly in call order. Values arrive already encoded (``_codec``, on the
+loop, where a bad value is refused at the call), so this thread only binds text.
 If a batch fails, it is rolled back and replayed one write per transaction,
 so one bad write fails alone and the others still commit.
 """
