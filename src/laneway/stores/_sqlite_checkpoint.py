@@ -46,6 +46,10 @@ class Checkpointer:
         self._stopping = False
         self._commits = 0
         self._since_restart = 0
+        # Set by the writer while it waits to restart the WAL: the background thread
+        # starts no new checkpoint, or under load the two would collide forever.
+        self._restart_wanted = False
+        self._busy = False  # a background checkpoint is running
         self.checkpoints = 0
         self._thread = threading.Thread(target=self._run, name="laneway-sqlite-wal", daemon=True)
 
@@ -56,13 +60,22 @@ class Checkpointer:
         """Called by the writer thread after each commit, outside any transaction."""
         self._since_restart += 1
         if self._since_restart >= COMMITS_PER_RESTART:
-            # Incomplete (a reader or the background checkpoint in the way): soon again.
-            done = self._checkpoint(conn)
-            self._since_restart = 0 if done else COMMITS_PER_RESTART - COMMITS_PER_CHECKPOINT
+            self._restart_wanted = True
+            if not self._busy:  # else the next commit tries, once it is done
+                self._finish(conn)
         self._commits += 1
         if self._commits >= COMMITS_PER_CHECKPOINT:
             self._commits = 0
             self._wake.set()
+
+    def _finish(self, conn: sqlite3.Connection) -> None:
+        # RESTART, not PASSIVE: it also waits (busy_timeout) for a checkpoint that
+        # slipped in, so the next transaction is sure to start the WAL over.
+        if self._checkpoint(conn, "RESTART"):
+            self._since_restart = 0
+            self._restart_wanted = False
+        else:  # a reader in the way: try again a little later, not after every commit
+            self._since_restart = COMMITS_PER_RESTART - COMMITS_PER_CHECKPOINT
 
     def stop(self) -> None:
         """Stop and wait (the last connection to close checkpoints what is left)."""
@@ -83,14 +96,21 @@ class Checkpointer:
                 self._wake.clear()
                 if self._stopping:
                     return
-                self._checkpoint(conn)
+                if not self._restart_wanted:
+                    self._busy = True
+                    try:
+                        self._checkpoint(conn)
+                    finally:
+                        self._busy = False
         finally:
             conn.close()
 
-    def _checkpoint(self, conn: sqlite3.Connection) -> bool:
-        """True if every frame is now in the database (the next write restarts the WAL)."""
+    def _checkpoint(self, conn: sqlite3.Connection, mode: str = "PASSIVE") -> bool:
+        """True if every frame is now in the database."""
         try:
-            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            # fetchall, not fetchone: a statement left unfinished would keep a read
+            # transaction open, and a reader on the WAL stops it from restarting.
+            ((busy, frames, copied),) = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
         except sqlite3.Error as exc:  # the next nudge tries again; commits go on meanwhile
             log.warning("store.checkpoint_failed: %s", exc, extra={"error": repr(exc)})
             return False
