@@ -24,7 +24,16 @@ from typing import Any, Final
 
 from ._errors import InvalidPayload
 
-__all__ = ["MAX_DEPTH", "MAX_INT", "MIN_INT", "canonical", "check_json", "decode", "encode"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_INT",
+    "MIN_INT",
+    "canonical",
+    "check_json",
+    "clean_text",
+    "decode",
+    "encode",
+]
 
 MAX_DEPTH: Final = 100
 MAX_INT: Final = 2**63 - 1
@@ -76,6 +85,18 @@ def canonical(value: Any, what: str) -> tuple[Any, str]:
     if kind is str or kind is int or kind is bool or value is None:
         return value, text
     return decode(text), text
+
+
+def clean_text(text: str | None) -> str | None:
+    """An error message or reason as every store can keep it.
+
+    These come from exceptions, not from the caller, so they are repaired rather
+    than refused: NUL characters and lone surrogates become U+FFFD.
+    """
+    if text is None or (text.isascii() and "\x00" not in text):
+        return text
+    repaired = text.replace("\x00", "\ufffd")
+    return repaired.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _invalid(what: str, exc: _Refused) -> InvalidPayload:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from laneway import InvalidPayload, JobState
-from laneway._codec import MAX_DEPTH
+from laneway._codec import MAX_DEPTH, clean_text
 from laneway.stores import Store
 
 from .conftest import KITS, StoreKit
@@ -146,3 +146,26 @@ async def _answer(store: Store, value: Any) -> str:
     stored = await store.get_job(info.id)
     assert stored is not None
     return f"kept: {_exact(stored.payload)}"
+
+
+async def test_error_texts_every_store_can_keep_are_repaired_not_refused(store: Store) -> None:
+    """Errors come from exceptions (a NUL, a lone surrogate): the ending must still land."""
+    info = await started(store)
+    raw = "bad \x00 byte and \ud800 half"
+    retried = await store.retry(info.id, 1, error=raw, reason="ValueError", lost=False, delay=0)
+    assert retried is not None
+    assert await store.start_attempt(info.id, 2) is not None
+    ended = await store.finish(
+        info.id, 2, JobState.FAILED, result=None, error=raw, reason="ValueError", lost=False
+    )
+    assert ended is not None
+    repaired = clean_text(raw)
+    assert repaired is not None
+    assert "\x00" not in repaired
+    assert repaired.startswith("bad \ufffd byte and ")
+    assert retried.data["error"] == ended.data["error"] == repaired
+    stored = await store.get_job(info.id)
+    assert stored is not None
+    assert (stored.state, stored.error) == (JobState.FAILED, repaired)
+    logged = [e.data.get("error") for e in await store.read_events("s") if e.job_id == info.id]
+    assert logged[-1] == logged[-3] == repaired

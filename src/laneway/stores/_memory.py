@@ -12,7 +12,7 @@ import asyncio
 import time
 from typing import Any, TypeVar
 
-from .._codec import canonical
+from .._codec import canonical, clean_text
 from .._types import Event, JobInfo, JobState
 from . import _rules as rules
 from ._base import Store
@@ -184,10 +184,10 @@ class MemoryStore(Store):
         if rec is None or not rules.may_retry(rec.state, rec.attempts, attempt):
             return self._done(None)
         rec.state = JobState.QUEUED
-        rec.error, rec.reason = error, reason
+        rec.error, rec.reason = clean_text(error), reason
         rec.lost += int(lost)
         rec.updated_at = time.time()
-        data = rules.retry_data(attempt, reason, error, delay)
+        data = rules.retry_data(attempt, reason, rec.error, delay)
         return self._done(self._append(rec.session, job_id, "job.retry", data))
 
     def finish(
@@ -202,6 +202,7 @@ class MemoryStore(Store):
         lost: bool,
     ) -> asyncio.Future[Event | None]:
         result, _ = canonical(result, "result")
+        error = clean_text(error)
         rec = self._jobs.get(job_id)
         if rec is None or not rules.may_finish(rec.state, rec.attempts, attempt):
             return self._done(None)

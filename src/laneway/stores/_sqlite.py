@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from .._codec import canonical
+from .._codec import canonical, clean_text
 from .._codec import decode as _decode
 from .._errors import StoreError
 from .._types import Event, JobInfo, JobState
@@ -279,7 +279,8 @@ class SQLiteStore(Store):
         lost: bool,
         delay: float,
     ) -> asyncio.Future[Event | None]:
-        return self._write(Writer.retry, (job_id, attempt, error, reason, lost, delay))
+        args = (job_id, attempt, clean_text(error), reason, lost, delay)
+        return self._write(Writer.retry, args)
 
     def finish(
         self,
@@ -293,7 +294,7 @@ class SQLiteStore(Store):
         lost: bool,
     ) -> asyncio.Future[Event | None]:
         result, encoded = canonical(result, "result")
-        args = (job_id, attempt, state, result, encoded, error, reason, lost)
+        args = (job_id, attempt, state, result, encoded, clean_text(error), reason, lost)
         return self._write(Writer.finish, args)
 
     def requeue(self, job_id: str) -> asyncio.Future[tuple[JobInfo, Event] | None]:
