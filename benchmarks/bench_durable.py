@@ -337,6 +337,11 @@ def main() -> None:
     print(f"sqlite / memory throughput:  {sqlite_run.rate / memory_run.rate:.2f}")
     print(f"sqlite / naive throughput:   {sqlite_run.rate / naive.rate:.1f}x")
     print(f"group commit / batch_max=1:  {sqlite_run.rate / ungrouped.rate:.1f}x (one run)")
+    ok = sqlite_run.rate >= 2.0 * naive.rate and (sqlite_run.p99_ms or 0.0) <= 10.0
+    print(
+        f"sqlite://: {'meets' if ok else 'MISSES'} the goal (>= 2.0x the naive queue, "
+        "submit p99 <= 10 ms)"
+    )
     print()
     print("with synchronous=full (an fsync per commit; one run each):")
     for run in (full_run, naive_full):

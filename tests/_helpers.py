@@ -6,13 +6,22 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
 
 import laneway
 from laneway import Event, JobInfo, JobState, LaneStats, Laneway, Snapshot
+from laneway.stores import Store
+from laneway.stores._sqlite import SQLiteStore
+
+T = TypeVar("T")
 
 #: The source tree under test, for subprocesses that must import this laneway.
 SRC = str(Path(laneway.__file__).parents[1])
@@ -20,6 +29,58 @@ SRC = str(Path(laneway.__file__).parents[1])
 TERMINAL_KINDS = frozenset(
     {"job.succeeded", "job.failed", "job.timed_out", "job.cancelled", "job.dead"}
 )
+
+
+class VirtualTimeSQLiteStore(SQLiteStore):
+    """The SQLite store, for tests on looptime's virtual clock: a commit takes no virtual time.
+
+    looptime moves its clock to the next timer whenever the loop has nothing to
+    run. A write is committed by the store's writer thread, so the loop looks idle
+    while it waits, and the clock would jump (a deadline firing before the start
+    it races with has committed). looptime does wait in real time, without moving
+    its clock, for executor futures: each write in flight is paired with one.
+    """
+
+    def add_job(self, **job: Any) -> asyncio.Future[tuple[JobInfo, Event | None]]:
+        return _in_real_time(super().add_job(**job))
+
+    def start_attempt(self, job_id: str, attempt: int) -> asyncio.Future[Event | None]:
+        return _in_real_time(super().start_attempt(job_id, attempt))
+
+    def append_event(
+        self, session: str, job_id: str | None, kind: str, data: Any, *, attempt: int | None
+    ) -> asyncio.Future[Event | None]:
+        return _in_real_time(super().append_event(session, job_id, kind, data, attempt=attempt))
+
+    def retry(self, job_id: str, attempt: int, **how: Any) -> asyncio.Future[Event | None]:
+        return _in_real_time(super().retry(job_id, attempt, **how))
+
+    def finish(
+        self, job_id: str, attempt: int, state: JobState, **how: Any
+    ) -> asyncio.Future[Event | None]:
+        return _in_real_time(super().finish(job_id, attempt, state, **how))
+
+    def requeue(self, job_id: str) -> asyncio.Future[tuple[JobInfo, Event] | None]:
+        return _in_real_time(super().requeue(job_id))
+
+
+def _in_real_time(fut: asyncio.Future[T]) -> asyncio.Future[T]:
+    if not fut.done():
+        committed = threading.Event()
+        fut.add_done_callback(lambda _: committed.set())
+        asyncio.get_running_loop().run_in_executor(None, committed.wait, 60)
+    return fut
+
+
+#: Store kits by name: what ``make_laneway`` opens, given the test's directory. The
+#: ``store_kit`` fixture picks one; a PostgreSQL kit is one more line here.
+STORE_KITS: dict[str, Callable[[Path], str | Store]] = {
+    "memory": lambda tmp: "memory://",
+    "sqlite": lambda tmp: VirtualTimeSQLiteStore(f"sqlite:///{tmp}/laneway.db"),
+}
+
+#: ``pytestmark = every_store``: run a module's tests once per store kit.
+every_store = pytest.mark.parametrize("store_kit", sorted(STORE_KITS), indirect=True)
 
 
 def now() -> float:
@@ -34,10 +95,19 @@ class Starts:
     order: list[str] = field(default_factory=list)
     at: dict[str, float] = field(default_factory=dict)
     ended: dict[str, float] = field(default_factory=dict)
+    _seen: dict[str, asyncio.Event] = field(default_factory=dict)
 
     def start(self, name: str) -> None:
         self.order.append(name)
         self.at[name] = now()
+        self._event(name).set()
+
+    async def started(self, name: str) -> None:
+        """Wait until ``name`` has started (a durable store commits the start first)."""
+        await self._event(name).wait()
+
+    def _event(self, name: str) -> asyncio.Event:
+        return self._seen.setdefault(name, asyncio.Event())
 
     def end(self, name: str) -> None:
         self.ended[name] = now()

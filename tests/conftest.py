@@ -1,4 +1,5 @@
-"""Shared fixtures: Laneways on the memory store, and a throwaway PostgreSQL server."""
+"""Shared fixtures: Laneways on a store kit (memory unless a test asks for every kit),
+and a throwaway PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import os
 import warnings
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from laneway import Laneway
+from laneway.stores import Store
 
-from ._helpers import Stubborn, settle
+from ._helpers import STORE_KITS, Stubborn, settle
 from .pgserver import PostgresServer, ServerMissing
 
 MakeLaneway = Callable[..., Laneway]
@@ -29,8 +32,18 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 @pytest.fixture
-async def make_laneway() -> AsyncIterator[MakeLaneway]:
-    """Build Laneways (memory store, watchdog off unless asked); all closed at teardown.
+def store_kit(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str | Store]:
+    """Makes the store ``make_laneway`` uses (memory, unless a test asks for every kit).
+
+    A factory, so that two Laneways of one test (a restart) open the same database.
+    """
+    kit = STORE_KITS[getattr(request, "param", "memory")]
+    return lambda: kit(tmp_path)
+
+
+@pytest.fixture
+async def make_laneway(store_kit: Callable[[], str | Store]) -> AsyncIterator[MakeLaneway]:
+    """Build Laneways (on ``store_kit``'s store, watchdog off unless asked); all closed at teardown.
 
     Returns a factory: ``lw = make_laneway(lanes={"llm": 2})``; register
     handlers, then ``await lw.start()`` (or use ``started()``).
@@ -40,6 +53,8 @@ async def make_laneway() -> AsyncIterator[MakeLaneway]:
 
     def factory(**kwargs: Any) -> Laneway:
         kwargs.setdefault("watchdog_threshold", None)
+        if "store" not in kwargs:
+            kwargs["store"] = store_kit()
         lw = Laneway(**kwargs)
         made.append(lw)
         return lw

@@ -22,6 +22,7 @@ import laneway
 from laneway import ConfigError, JobState, StoreError
 from laneway.stores import open_store
 from laneway.stores._sqlite import SQLiteStore
+from laneway.stores._sqlite_checkpoint import COMMITS_PER_CHECKPOINT, COMMITS_PER_RESTART
 from laneway.stores._sqlite_schema import migrate, migrations, parse_url
 
 from .._helpers import SRC
@@ -475,3 +476,31 @@ async def test_writes_after_close_fail_instead_of_hanging(tmp_path: Path) -> Non
         await store.start_attempt("x", 1)
     with pytest.raises(StoreError, match="not open"):
         await store.get_job("x")
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size
+
+
+async def test_the_wal_is_checkpointed_beside_the_writer(tmp_path: Path) -> None:
+    """Commits never checkpoint (an fsync inside a submit), yet the WAL stays bounded."""
+    path = tmp_path / "w.db"
+    wal = Path(f"{path}-wal")
+    store = SQLiteStore(url_of(path))
+    await store.open()
+    commits, text = 5 * COMMITS_PER_RESTART, "x" * 2_000
+    first = COMMITS_PER_CHECKPOINT - 1  # before the first nudge: nothing checkpointed yet
+    for i in range(commits):  # one transaction each: every await waits for its commit
+        await add(store, f"j{i}", payload={"text": text})
+        if i + 1 == first:
+            early = _size(wal)
+    final = _size(wal)
+    assert store.transactions == commits
+    await store.close()
+    # Never restarted, the WAL would grow by the same amount every commit, to 40 times
+    # its early size; restarted every COMMITS_PER_RESTART commits, it stays near 8 times.
+    assert final < 20 * early
+    again = SQLiteStore(url_of(path))
+    await again.open()
+    assert len(await again.list_jobs(limit=commits + 1)) == commits
+    await again.close()

@@ -18,10 +18,10 @@ import pytest
 from laneway import JobState, Laneway, Limits, Retry, TurnContext
 from laneway.testing import hang
 
-from .._helpers import Starts, Stubborn, load, now
+from .._helpers import Starts, Stubborn, every_store, load, now
 from ..conftest import MakeLaneway
 
-pytestmark = pytest.mark.looptime
+pytestmark = [pytest.mark.looptime, every_store]
 
 DEADLINE = 180.0
 GRACE = 5.0

@@ -19,10 +19,10 @@ import pytest
 
 from laneway import Event, JobState, Laneway, Limits, Retry, TurnContext
 
-from .._helpers import Starts, Stubborn, events_of, lane, now, settle, terminal_counts
+from .._helpers import Starts, Stubborn, events_of, every_store, lane, now, settle, terminal_counts
 from ..conftest import MakeLaneway
 
-pytestmark = pytest.mark.looptime
+pytestmark = [pytest.mark.looptime, every_store]
 
 DEADLINE = 600.0
 GRACE = 5.0

@@ -21,10 +21,10 @@ from laneway import JobState, Laneway, Limits, Retry, TurnContext
 from laneway.stores import MemoryStore
 from laneway.testing import hang
 
-from .._helpers import Starts, Stubborn, events_of, load, now, terminal_counts
+from .._helpers import Starts, Stubborn, events_of, every_store, load, now, terminal_counts
 from ..conftest import MakeLaneway
 
-pytestmark = pytest.mark.looptime
+pytestmark = [pytest.mark.looptime, every_store]
 
 DEADLINE = 60.0
 GRACE = 5.0

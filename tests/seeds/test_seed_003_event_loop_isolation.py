@@ -19,10 +19,10 @@ import pytest
 
 from laneway import JobState, Limits, TurnContext
 
-from .._helpers import Stubborn, now, settle, state
+from .._helpers import Stubborn, every_store, now, settle, state
 from ..conftest import MakeLaneway
 
-pytestmark = pytest.mark.looptime
+pytestmark = [pytest.mark.looptime, every_store]
 
 SESSIONS = 200
 CAP = 64
@@ -72,6 +72,7 @@ def parse_transcript_blocking(seconds: float) -> None:
     time.sleep(seconds)
 
 
+@pytest.mark.slow
 @pytest.mark.looptime(False)
 async def test_a_handler_blocking_the_loop_is_reported_with_its_stack(
     make_laneway: MakeLaneway, caplog: pytest.LogCaptureFixture

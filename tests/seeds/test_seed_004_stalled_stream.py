@@ -23,10 +23,20 @@ from laneway import Event, JobState, Laneway, Limits, Retry, TurnContext
 from laneway.handlers import register_cli
 from laneway.testing import fake_agent_cli, hang, model_stream
 
-from .._helpers import Starts, Stubborn, all_gone, events_of, gone, now, state, terminal_counts
+from .._helpers import (
+    Starts,
+    Stubborn,
+    all_gone,
+    events_of,
+    every_store,
+    gone,
+    now,
+    state,
+    terminal_counts,
+)
 from ..conftest import MakeLaneway
 
-pytestmark = pytest.mark.looptime
+pytestmark = [pytest.mark.looptime, every_store]
 
 IDLE = 60.0
 GRACE = 5.0

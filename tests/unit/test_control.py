@@ -23,10 +23,10 @@ from laneway import (
 from laneway.stores import MemoryStore
 from laneway.testing import hang
 
-from .._helpers import Starts, Stubborn, events_of, info, now, state
+from .._helpers import Starts, Stubborn, events_of, every_store, info, now, state
 from ..conftest import MakeLaneway
 
-pytestmark = pytest.mark.looptime
+pytestmark = [pytest.mark.looptime, every_store]
 
 
 def _turns(make_laneway: MakeLaneway, stubborn: Stubborn, starts: Starts, **kw: object) -> Laneway:

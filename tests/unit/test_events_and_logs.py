@@ -10,10 +10,10 @@ import pytest
 from laneway import Event, Laneway, Limits, TurnContext
 from laneway.testing import hang
 
-from .._helpers import check_seq, events_of
+from .._helpers import check_seq, events_of, every_store
 from ..conftest import MakeLaneway
 
-pytestmark = pytest.mark.looptime
+pytestmark = [pytest.mark.looptime, every_store]
 
 
 def _chatty(make_laneway: MakeLaneway) -> Laneway:

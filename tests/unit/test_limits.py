@@ -13,10 +13,10 @@ import pytest
 from laneway import JobState, Laneway, Limits, Retry, TurnContext
 from laneway.testing import hang, model_stream
 
-from .._helpers import Starts, Stubborn, events_of, lane, now, terminal_counts
+from .._helpers import Starts, Stubborn, events_of, every_store, lane, now, terminal_counts
 from ..conftest import MakeLaneway
 
-pytestmark = pytest.mark.looptime
+pytestmark = [pytest.mark.looptime, every_store]
 
 
 def _hanging(make_laneway: MakeLaneway, stubborn: Stubborn, starts: Starts, **kw: Any) -> Laneway:

@@ -16,13 +16,14 @@ from .._helpers import (
     Stubborn,
     check_seq,
     events_of,
+    every_store,
     info,
     now,
     terminal_counts,
 )
 from ..conftest import MakeLaneway
 
-pytestmark = pytest.mark.looptime
+pytestmark = [pytest.mark.looptime, every_store]
 
 
 def _laneway(make_laneway: MakeLaneway, stubborn: Stubborn) -> Laneway:

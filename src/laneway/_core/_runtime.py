@@ -302,12 +302,14 @@ class Laneway:
         if self._watchdog is not None:
             self._watchdog.stop()
         self._bus.close()
+        # Closing the store flushes the writes still in flight (a turn that ended in
+        # the grace) and delivers their outcomes; only jobs still open are Closed.
+        with contextlib.suppress(Exception):
+            await self.store.close()
         for job in list(d.jobs.values()):
             for fut in job.waiters or ():
                 if not fut.done():
                     fut.set_exception(Closed("the Laneway closed before the job finished"))
-        with contextlib.suppress(Exception):
-            await self.store.close()
         for r in self._runners.values():
             await r.close()
         for closer in self._closers:

@@ -13,30 +13,17 @@ import time
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
-from .._types import TERMINAL_STATES, Event, JobInfo, JobState
+from .._codec import canonical, clean_text
+from .._types import Event, JobInfo, JobState
+from . import _rules as rules
 from ._base import Committed, Store, Write, namespace_of
 
-__all__ = ["MemoryStore", "job_event_data"]
+__all__ = ["MemoryStore"]
 
 T = TypeVar("T")
 
-_REQUEUEABLE = frozenset({JobState.FAILED, JobState.TIMED_OUT, JobState.DEAD})
-_KIND = {state: f"job.{state.value}" for state in JobState}
 _QUEUED = JobState.QUEUED
 _Row = tuple[int, str | None, str, Any, float]
-
-
-def job_event_data(
-    state: JobState, *, attempts: int, result: Any, error: str | None, reason: str | None
-) -> dict[str, Any]:
-    """The data of a terminal ``job.<state>`` event (shared by every store)."""
-    return {
-        "state": str(state),
-        "reason": reason,
-        "error": error,
-        "result": result,
-        "attempts": attempts,
-    }
 
 
 def _copy(rec: JobInfo) -> JobInfo:
@@ -83,7 +70,7 @@ class MemoryStore(Store):
 
     async def open(self) -> list[JobInfo]:
         self._loop = asyncio.get_running_loop()
-        return [_copy(r) for r in self._jobs.values() if r.state not in TERMINAL_STATES]
+        return [_copy(r) for r in self._jobs.values() if r.state in rules.LIVE_STATES]
 
     async def close(self) -> None:
         self._loop = None
@@ -101,12 +88,6 @@ class MemoryStore(Store):
         log.append((seq, job_id, kind, data, at))
         return Event(seq, session, job_id, kind, data, at)
 
-    def _running(self, job_id: str, attempt: int) -> JobInfo | None:
-        rec = self._jobs.get(job_id)
-        if rec is None or rec.state is not JobState.RUNNING or rec.attempts != attempt:
-            return None
-        return rec
-
     # -- writes ----------------------------------------------------------------
 
     def add_job(
@@ -119,6 +100,7 @@ class MemoryStore(Store):
         priority: int,
         idempotency_key: str | None,
     ) -> Write[tuple[JobInfo, Event | None]]:
+        payload, _ = canonical(payload, "payload")
         if idempotency_key is not None:
             existing = self._keys.get((session, idempotency_key))
             if existing is not None:
@@ -135,28 +117,28 @@ class MemoryStore(Store):
         head, slash, _ = session.partition("/")
         if slash:
             self._namespaces.setdefault(head + slash, []).append(rec)
-        data = {"handler": handler, "payload": payload}
-        ev = self._append(session, job_id, "job.queued", data, now)
+        ev = self._append(session, job_id, "job.queued", rules.queued_data(handler, payload), now)
         # The record itself, not a copy: nothing reads it but the caller, at once.
         return Committed((rec, ev))
 
     def start_attempt(self, job_id: str, attempt: int) -> Write[Event | None]:
         rec = self._jobs.get(job_id)
-        if rec is None or rec.state is not JobState.QUEUED or attempt != rec.attempts + 1:
+        if rec is None or not rules.may_start(rec.state, rec.attempts, attempt):
             return Committed(None)
         rec.state = JobState.RUNNING
         rec.attempts = attempt
         rec.output = False
         rec.updated_at = now = time.time()
-        ev = self._append(rec.session, job_id, "job.started", {"attempt": attempt}, now)
+        ev = self._append(rec.session, job_id, "job.started", rules.started_data(attempt), now)
         return Committed(ev)
 
     def append_event(
         self, session: str, job_id: str | None, kind: str, data: Any, *, attempt: int | None
     ) -> Write[Event | None]:
+        data, _ = canonical(data, "event data")
         if attempt is not None:
-            rec = self._running(job_id, attempt) if job_id is not None else None
-            if rec is None:
+            rec = self._jobs.get(job_id) if job_id is not None else None
+            if rec is None or not rules.may_write(rec.state, rec.attempts, attempt):
                 return Committed(None)
             rec.output = True
         return Committed(self._append(session, job_id, kind, data))
@@ -171,14 +153,14 @@ class MemoryStore(Store):
         lost: bool,
         delay: float,
     ) -> Write[Event | None]:
-        rec = self._running(job_id, attempt)
-        if rec is None:
+        rec = self._jobs.get(job_id)
+        if rec is None or not rules.may_retry(rec.state, rec.attempts, attempt):
             return Committed(None)
         rec.state = JobState.QUEUED
-        rec.error, rec.reason = error, reason
+        rec.error, rec.reason = clean_text(error), reason
         rec.lost += int(lost)
         rec.updated_at = time.time()
-        data = {"attempt": attempt, "reason": reason, "error": error, "delay": delay}
+        data = rules.retry_data(attempt, reason, rec.error, delay)
         return Committed(self._append(rec.session, job_id, "job.retry", data))
 
     def finish(
@@ -192,30 +174,31 @@ class MemoryStore(Store):
         reason: str | None,
         lost: bool,
     ) -> Write[Event | None]:
+        result, _ = canonical(result, "result")
+        error = clean_text(error)
         rec = self._jobs.get(job_id)
-        if rec is None or rec.state in TERMINAL_STATES or rec.attempts != attempt:
+        if rec is None or not rules.may_finish(rec.state, rec.attempts, attempt):
             return Committed(None)
         rec.state = state
         rec.result, rec.error, rec.reason = result, error, reason
         rec.lost += int(lost)
         rec.updated_at = now = time.time()
-        data = job_event_data(state, attempts=attempt, result=result, error=error, reason=reason)
-        return Committed(self._append(rec.session, job_id, _KIND[state], data, now))
+        data = rules.terminal_data(
+            state, attempts=attempt, result=result, error=error, reason=reason
+        )
+        kind = rules.terminal_kind(state)
+        return Committed(self._append(rec.session, job_id, kind, data, now))
 
     def requeue(self, job_id: str) -> Write[tuple[JobInfo, Event] | None]:
         rec = self._jobs.get(job_id)
-        if rec is None or rec.state not in _REQUEUEABLE:
+        if rec is None or not rules.may_requeue(rec.state):
             return Committed(None)
         previous = rec.state
         rec.state = JobState.QUEUED
         rec.attempts = rec.lost = 0
         rec.result = rec.error = rec.reason = None
         rec.updated_at = time.time()
-        data = {
-            "handler": rec.handler,
-            "payload": rec.payload,
-            "requeued_from": previous.value,
-        }
+        data = rules.requeued_data(rec.handler, rec.payload, previous)
         ev = self._append(rec.session, job_id, "job.queued", data)
         return Committed((_copy(rec), ev))
 

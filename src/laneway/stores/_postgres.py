@@ -22,6 +22,7 @@ from typing import Any, TypeVar, cast
 
 import asyncpg
 
+from .._codec import canonical, clean_text
 from .._errors import StoreError
 from .._types import Event, JobInfo, JobState
 from . import _postgres_claim as claims
@@ -250,6 +251,7 @@ class PostgresStore(Store):
         priority: int,
         idempotency_key: str | None,
     ) -> asyncio.Future[tuple[JobInfo, Event | None]]:
+        payload, _ = canonical(payload, "payload")  # refused at the call, as in every store
         args = (job_id, session, handler, payload, priority, idempotency_key)
         return self._write(writes.add_job, args, sessions=(session,), new_job=(job_id, session))
 
@@ -259,6 +261,7 @@ class PostgresStore(Store):
     def append_event(
         self, session: str, job_id: str | None, kind: str, data: Any, *, attempt: int | None
     ) -> asyncio.Future[Event | None]:
+        data, _ = canonical(data, "event data")
         args = (session, job_id, kind, data, attempt)
         return self._write(writes.append_event, args, sessions=(session,))
 
@@ -272,7 +275,7 @@ class PostgresStore(Store):
         lost: bool,
         delay: float,
     ) -> asyncio.Future[Event | None]:
-        args = (job_id, attempt, error, reason, lost, delay)
+        args = (job_id, attempt, clean_text(error), reason, lost, delay)
         return self._write(writes.retry, args, job_id=job_id)
 
     def finish(
@@ -286,7 +289,8 @@ class PostgresStore(Store):
         reason: str | None,
         lost: bool,
     ) -> asyncio.Future[Event | None]:
-        args = (job_id, attempt, state, result, error, reason, lost)
+        result, _ = canonical(result, "result")
+        args = (job_id, attempt, state, result, clean_text(error), reason, lost)
         return self._write(writes.finish, args, job_id=job_id)
 
     def requeue(self, job_id: str) -> asyncio.Future[tuple[JobInfo, Event] | None]:

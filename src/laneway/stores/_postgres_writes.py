@@ -26,8 +26,8 @@ from typing import Any
 import asyncpg
 
 from .._types import Event, JobInfo, JobState
-from ._memory import job_event_data
 from ._postgres_rows import JOB_COLUMNS, encode, job_info
+from ._rules import terminal_data
 
 __all__ = [
     "BULK",
@@ -419,7 +419,7 @@ async def finishes(
     for job_id, attempt, state, result, error, reason, lost in calls:
         encoded = encode(result)
         kind = f"job.{state.value}"
-        data = job_event_data(state, attempts=attempt, result=result, error=error, reason=reason)
+        data = terminal_data(state, attempts=attempt, result=result, error=error, reason=reason)
         datas.append((kind, data))
         text = _terminal_text(state, attempt, encoded, error, reason)
         row = (job_id, attempt, state.value, encoded, error, reason, int(lost), kind, text)

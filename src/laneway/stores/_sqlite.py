@@ -28,9 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from .._codec import canonical, clean_text
+from .._codec import decode as _decode
 from .._errors import StoreError
 from .._types import Event, JobInfo, JobState
 from ._base import Store, namespace_of
+from ._sqlite_checkpoint import Checkpointer
 from ._sqlite_schema import SQLiteSettings, migrate, parse_url
 from ._sqlite_writer import JOB_COLUMNS, Writer, job_info, store_error
 
@@ -43,7 +46,6 @@ _PRUNE_CHUNK = 5_000
 _PRUNE_CHUNKS = 20
 _EVENT_COLUMNS = "seq, session, job_id, kind, data, at"
 _NAMESPACE = "substr(session, 1, instr(session, '/'))"  # as in the jobs_namespace indexes
-_decode = json.JSONDecoder().decode
 
 
 class SQLiteStore(Store):
@@ -56,6 +58,7 @@ class SQLiteStore(Store):
         self.lock_path = Path(f"{self.path}.lock")
         self.maintain_interval = self.settings.maintain_interval
         self._writer: Writer | None = None
+        self._checkpointer = Checkpointer(self._connect_checkpointer)
         self._lock_fd: int | None = None
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._closed = False
@@ -82,6 +85,7 @@ class SQLiteStore(Store):
         loop = asyncio.get_running_loop()
         writer, unfinished = await asyncio.to_thread(self._open_sync, loop)
         writer.start()
+        self._checkpointer.start()
         self._writer = writer
         return unfinished
 
@@ -96,7 +100,9 @@ class SQLiteStore(Store):
             conn = self._connect()
             try:
                 self._prepare(conn)
-                writer = Writer(conn, loop, self.settings.batch_max)
+                writer = Writer(
+                    conn, loop, self.settings.batch_max, after_commit=self._checkpointer.committed
+                )
                 unfinished = writer.load()
             except BaseException:
                 conn.close()
@@ -117,6 +123,11 @@ class SQLiteStore(Store):
             check_same_thread=False,
         )
 
+    def _connect_checkpointer(self) -> sqlite3.Connection:
+        conn = self._connect()
+        conn.execute(f"PRAGMA synchronous = {self.settings.synchronous.upper()}")
+        return conn
+
     def _prepare(self, conn: sqlite3.Connection) -> None:
         # The first statement reads the header: a corrupt file fails here, before any write.
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -125,6 +136,7 @@ class SQLiteStore(Store):
         conn.execute(f"PRAGMA synchronous = {self.settings.synchronous.upper()}")
         conn.execute("PRAGMA cache_size = -32000")
         conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job
         migrate(conn)
         self._since = time.time()
         conn.execute(
@@ -183,6 +195,7 @@ class SQLiteStore(Store):
             return
         writer.stop()
         await asyncio.to_thread(writer.join)
+        await asyncio.to_thread(self._checkpointer.stop)
         self._writer = None
         while True:
             try:
@@ -244,7 +257,8 @@ class SQLiteStore(Store):
         priority: int,
         idempotency_key: str | None,
     ) -> asyncio.Future[tuple[JobInfo, Event | None]]:
-        args = (job_id, session, handler, payload, priority, idempotency_key)
+        payload, encoded = canonical(payload, "payload")
+        args = (job_id, session, handler, payload, encoded, priority, idempotency_key)
         return self._write(Writer.add_job, args)
 
     def start_attempt(self, job_id: str, attempt: int) -> asyncio.Future[Event | None]:
@@ -253,7 +267,8 @@ class SQLiteStore(Store):
     def append_event(
         self, session: str, job_id: str | None, kind: str, data: Any, *, attempt: int | None
     ) -> asyncio.Future[Event | None]:
-        return self._write(Writer.append_event, (session, job_id, kind, data, attempt))
+        data, encoded = canonical(data, "event data")
+        return self._write(Writer.append_event, (session, job_id, kind, data, encoded, attempt))
 
     def retry(
         self,
@@ -265,7 +280,8 @@ class SQLiteStore(Store):
         lost: bool,
         delay: float,
     ) -> asyncio.Future[Event | None]:
-        return self._write(Writer.retry, (job_id, attempt, error, reason, lost, delay))
+        args = (job_id, attempt, clean_text(error), reason, lost, delay)
+        return self._write(Writer.retry, args)
 
     def finish(
         self,
@@ -278,7 +294,9 @@ class SQLiteStore(Store):
         reason: str | None,
         lost: bool,
     ) -> asyncio.Future[Event | None]:
-        return self._write(Writer.finish, (job_id, attempt, state, result, error, reason, lost))
+        result, encoded = canonical(result, "result")
+        args = (job_id, attempt, state, result, encoded, clean_text(error), reason, lost)
+        return self._write(Writer.finish, args)
 
     def requeue(self, job_id: str) -> asyncio.Future[tuple[JobInfo, Event] | None]:
         return self._write(Writer.requeue, (job_id,))

@@ -6,9 +6,11 @@ in one transaction and resolves the batch's futures with a single
 ``call_soon_threadsafe``. While one transaction commits the next batch
 accumulates, so durability costs throughput per transaction, not per write.
 
-Decisions (fencing, idempotency, ``seq``) are made here, against the
-database as it stands after every earlier write: the same answers the memory
-store gives at call time, because writes are applied strictly in call order.
+Decisions (fencing by the rulebook in ``_rules``, idempotency, ``seq``) are
+made here, against the database as it stands after every earlier write: the
+same answers the memory store gives at call time, because writes are applied
+strictly in call order. Values arrive already encoded (``_codec``, on the
+loop, where a bad value is refused at the call), so this thread only binds text.
 If a batch fails, it is rolled back and replayed one write per transaction,
 so one bad write fails alone and the others still commit.
 """
@@ -28,9 +30,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from .._codec import decode as _decode
 from .._errors import StoreError
 from .._types import Event, JobInfo, JobState
-from ._memory import job_event_data
+from . import _rules as rules
 
 __all__ = ["JOB_COLUMNS", "Writer", "job_info", "store_error"]
 
@@ -40,25 +43,19 @@ JOB_COLUMNS = (
     "id, session, handler, state, attempts, error, result, reason, payload, priority, lost, "
     "idempotency_key, created_at, updated_at, output"
 )
-_TERMINAL = ("succeeded", "failed", "timed_out", "cancelled", "dead")
-_REQUEUEABLE = ("failed", "timed_out", "dead")
 _SEQ_CACHE_MAX = 100_000
 _STOP = object()
 
 _json_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 _encode_str: Callable[[str], str] = json.encoder.encode_basestring
-_decode = json.JSONDecoder().decode
 
 
 def _encode(value: Any) -> str:
-    """Strict JSON, with C fast paths for the values most writes carry."""
-    kind = type(value)
+    """laneway's own fields (strings, numbers); user values arrive encoded by ``_codec``."""
     if value is None:
         return "null"
-    if kind is str:
+    if type(value) is str:
         return _encode_str(value)
-    if kind is int:
-        return int.__repr__(value)
     return _json_encode(value)
 
 
@@ -266,15 +263,24 @@ class _Live:
         )
 
 
+def _nothing(conn: sqlite3.Connection) -> None:
+    pass
+
+
 class Writer:
     """One thread, one connection, every write in call order."""
 
     def __init__(
-        self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, batch_max: int
+        self,
+        conn: sqlite3.Connection,
+        loop: asyncio.AbstractEventLoop,
+        batch_max: int,
+        after_commit: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
         self.conn = conn
         self.loop = loop
         self.batch_max = batch_max
+        self._after_commit = after_commit or _nothing
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.transactions = 0
         self.writes = 0
@@ -395,6 +401,7 @@ class Writer:
             return [self._apply([item])[0] for item in batch]
         self.transactions += 1
         self.writes += len(batch)
+        self._after_commit(conn)
         return [(True, v) for v in values]
 
     def _rollback(self) -> None:
@@ -487,12 +494,6 @@ class Writer:
         rec = self._live[job_id] = _Live.from_row(row)
         return rec
 
-    def _running(self, job_id: str | None, attempt: int) -> _Live | None:
-        rec = self._job(job_id)
-        if rec is None or rec.state != "running" or rec.attempts != attempt:
-            return None
-        return rec
-
     # -- the writes (writer thread; each returns what its future resolves to) ------
 
     def add_job(
@@ -501,10 +502,10 @@ class Writer:
         session: str,
         handler: str,
         payload: Any,
+        encoded: str,
         priority: int,
         key: str | None,
     ) -> tuple[JobInfo, Event | None]:
-        encoded = _encode(payload)
         if key is not None:
             self._flush()
             row = self.conn.execute(
@@ -522,7 +523,7 @@ class Writer:
         rec.handler, rec.payload, rec.priority, rec.key = handler, encoded, priority, key
         self._live[job_id] = rec
         self._dirty[job_id] = rec
-        data = {"handler": handler, "payload": payload}
+        data = rules.queued_data(handler, payload)
         event = self._event(
             session,
             job_id,
@@ -550,21 +551,25 @@ class Writer:
 
     def start_attempt(self, job_id: str, attempt: int) -> Event | None:
         rec = self._job(job_id)
-        if rec is None or rec.state != "queued" or attempt != rec.attempts + 1:
+        if rec is None or not rules.may_start(rec.state, rec.attempts, attempt):
             return None
         rec.state, rec.attempts, rec.output = "running", attempt, 0
         self._touch(rec, time.time())
-        return self._event(
-            rec.session, job_id, "job.started", {"attempt": attempt}, f'{{"attempt":{attempt}}}'
-        )
+        data = rules.started_data(attempt)
+        return self._event(rec.session, job_id, "job.started", data, f'{{"attempt":{attempt}}}')
 
     def append_event(
-        self, session: str, job_id: str | None, kind: str, data: Any, attempt: int | None
+        self,
+        session: str,
+        job_id: str | None,
+        kind: str,
+        data: Any,
+        encoded: str,
+        attempt: int | None,
     ) -> Event | None:
-        encoded = _encode(data)
         if attempt is not None:
-            rec = self._running(job_id, attempt)
-            if rec is None:
+            rec = self._job(job_id)
+            if rec is None or not rules.may_write(rec.state, rec.attempts, attempt):
                 return None
             if not rec.output:
                 rec.output = 1
@@ -574,14 +579,14 @@ class Writer:
     def retry(
         self, job_id: str, attempt: int, error: str | None, reason: str, lost: bool, delay: float
     ) -> Event | None:
-        rec = self._running(job_id, attempt)
-        if rec is None:
+        rec = self._job(job_id)
+        if rec is None or not rules.may_retry(rec.state, rec.attempts, attempt):
             return None
         rec.state, rec.error, rec.reason = "queued", error, reason
         rec.lost += int(lost)
         self._touch(rec, time.time())
-        data = {"attempt": attempt, "reason": reason, "error": error, "delay": delay}
-        return self._event(rec.session, job_id, "job.retry", data, _encode(data))
+        data = rules.retry_data(attempt, reason, error, delay)
+        return self._event(rec.session, job_id, "job.retry", data, _json_encode(data))
 
     def finish(
         self,
@@ -589,21 +594,23 @@ class Writer:
         attempt: int,
         state: JobState,
         result: Any,
+        encoded: str,
         error: str | None,
         reason: str | None,
         lost: bool,
     ) -> Event | None:
-        encoded = _encode(result)
-        rec = self._job(job_id)  # only live (queued or running) jobs can finish
-        if rec is None or rec.attempts != attempt:
+        rec = self._job(job_id)  # None unless live (queued or running)
+        if rec is None or not rules.may_finish(rec.state, rec.attempts, attempt):
             return None
         rec.state, rec.result, rec.error, rec.reason = state.value, encoded, error, reason
         rec.lost += int(lost)
         self._touch(rec, time.time())
         del self._live[job_id]
-        data = job_event_data(state, attempts=attempt, result=result, error=error, reason=reason)
+        data = rules.terminal_data(
+            state, attempts=attempt, result=result, error=error, reason=reason
+        )
         text = _terminal_data(state, attempt, encoded, error, reason)
-        return self._event(rec.session, job_id, f"job.{state.value}", data, text)
+        return self._event(rec.session, job_id, rules.terminal_kind(state), data, text)
 
     def requeue(self, job_id: str) -> tuple[JobInfo, Event] | None:
         if self._job(job_id) is not None:
@@ -612,7 +619,7 @@ class Writer:
         row = self.conn.execute(
             f"SELECT {JOB_COLUMNS}, num FROM jobs WHERE id = ?", (job_id,)
         ).fetchone()
-        if row is None or row[3] not in _REQUEUEABLE:
+        if row is None or not rules.may_requeue(row[3]):
             return None
         rec = _Live.from_row(row)
         previous = rec.state
@@ -630,8 +637,12 @@ class Writer:
             reason=None,
             updated_at=rec.updated_at,
         )
-        data = {"handler": rec.handler, "payload": info.payload, "requeued_from": previous}
-        return info, self._event(rec.session, job_id, "job.queued", data, _encode(data))
+        data = rules.requeued_data(rec.handler, info.payload, previous)
+        text = (
+            f'{{"handler":{_encode(rec.handler)},"payload":{rec.payload},'
+            f'"requeued_from":"{previous}"}}'
+        )
+        return info, self._event(rec.session, job_id, "job.queued", data, text)
 
     # -- upkeep (writer thread) ---------------------------------------------------
 
