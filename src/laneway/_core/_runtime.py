@@ -1213,26 +1213,30 @@ class Laneway:
                 age = now - att.started_at
                 if age > oldest_active.get(name, -1.0):
                     oldest_active[name] = age
-        oldest_queued: dict[str, float] = {}
         lanes: list[LaneStats] = []
         for key, active, queued, head in self._lanes.sessions():
             name = f"session:{key}"
             q_age = None if head is None else now - head.enqueued_at
-            if head is not None and q_age is not None:
-                for lane in head.lanes:
-                    if q_age > oldest_queued.get(lane, -1.0):
-                        oldest_queued[lane] = q_age
             lanes.append(
                 LaneStats(name, self.session_limit, active, queued, oldest_active.get(name), q_age)
             )
+        waiting: dict[str, int] = dict.fromkeys(self.lanes, 0)
+        oldest_queued: dict[str, float] = {}
+        for head in self._lanes.waiting_heads():
+            q_age = now - head.enqueued_at
+            for lane in head.lanes:
+                waiting[lane] += 1
+                if q_age > oldest_queued.get(lane, -1.0):
+                    oldest_queued[lane] = q_age
         shared = [
             LaneStats(
                 name,
                 cap,
                 self._lanes.active[name],
-                self._lanes.queued[name],
+                waiting[name],
                 oldest_active.get(name),
                 oldest_queued.get(name),
+                behind_session=self._lanes.queued[name] - waiting[name],
             )
             for name, cap in self.lanes.items()
         ]

@@ -82,9 +82,12 @@ class LaneOut(BaseModel):
     name: str
     limit: int
     active: int
-    queued: int
+    queued: int = Field(description="jobs waiting for this lane's slots")
     oldest_active_s: float | None
     oldest_queued_s: float | None
+    behind_session: int = Field(
+        0, description="jobs that need this shared lane but wait for their own session's turn"
+    )
 
 
 class ZombieOut(BaseModel):
@@ -266,6 +269,7 @@ def snapshot_out(snap: Snapshot, who: Principal) -> SnapshotOut:
                 queued=lane.queued,
                 oldest_active_s=lane.oldest_active_s,
                 oldest_queued_s=lane.oldest_queued_s,
+                behind_session=lane.behind_session,
             )
         )
     zombies = [
