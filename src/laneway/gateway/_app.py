@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from .._core._runtime import Laneway
 from .._types import Retry
+from ._activity import Activity
 from ._errors import error_body, install_error_handlers
 from ._metrics import Metrics
 from ._models import register_model
@@ -29,6 +32,7 @@ class Gateway:
         self.settings = settings
         self.secrets = settings.secret_of()
         self.metrics = Metrics()
+        self.activity = Activity()  # running turns and loop blocks, for the console
         self.handler = ""
         self.closing = asyncio.Event()
         self.streams: set[asyncio.Task[None]] = set()  # WebSocket subscriptions
@@ -58,6 +62,7 @@ class Gateway:
         )
         self.handler = register_model(lw, s)
         self.metrics.watch(lw)
+        self.activity.watch(lw)
         await lw.start()
         self._lw = lw
         self._monitor = asyncio.get_running_loop().create_task(self._watch_blocks())
@@ -77,6 +82,7 @@ class Gateway:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
+        self.activity.close()
         if self._lw is not None:
             await self._lw.close()
 
@@ -172,7 +178,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await gateway.close()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from files shipped in a package, not a CDN: /docs works offline.
+    app = FastAPIOffline(
         title="laneway",
         version=__version__,
         description="Per-session FIFO lanes for LLM-agent turns that never wedge.",
@@ -180,10 +187,29 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.gateway = gateway
     install_error_handlers(app)
+    from ._console import install_console
     from ._routes import router
     from ._stream import stream_router
 
     app.include_router(router)
     app.include_router(stream_router)
+    install_console(app, gateway.activity)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    _allow_origins(app, settings.cors_origins)
     return app
+
+
+def _allow_origins(app: FastAPI, origins: list[str]) -> None:
+    """CORS for browser clients on other origins. Credentials travel only in the
+    Authorization header (never cookies), so credentialed CORS stays off."""
+    if not origins:
+        return
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=origins,
+        allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        expose_headers=["Retry-After"],
+        allow_credentials=False,
+        max_age=600,
+    )

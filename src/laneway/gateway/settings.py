@@ -35,6 +35,7 @@ __all__ = ["Settings", "SettingsError", "load_settings"]
 
 _TOKEN_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _STORE_SCHEMES = ("memory", "sqlite", "postgresql", "postgres")
+_ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
 
 Seconds = Annotated[float | None, Field(gt=0)]
 
@@ -85,6 +86,13 @@ class Settings(BaseSettings):
     )
     heartbeat: float = Field(15.0, gt=0, description="seconds between SSE keep-alive comments")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines: text, or one JSON object per line"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="origins whose pages may call the API, 'https://a.example,https://b.example'",
+    )
 
     @field_validator("tokens", mode="before")
     @classmethod
@@ -112,6 +120,23 @@ class Settings(BaseSettings):
             if raw in secrets:
                 raise ValueError("two tokens share a secret")
             secrets.add(raw)
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: scheme://host[:port], no path (or '*')"
+                )
         return value
 
     @field_validator("store")

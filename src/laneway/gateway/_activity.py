@@ -1,0 +1,88 @@
+"""What the console shows beyond the snapshot: the turns running now (when each
+started, when it last made output) and the recent ``loop.blocked`` reports.
+
+Both are followed from public hooks only: committed events through
+``Laneway.add_listener`` and the watchdog's log records through ``logging``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from .._core._runtime import Laneway
+from .._types import Event
+
+__all__ = ["Activity", "Block", "Turn"]
+
+_ENDS = frozenset(
+    {"job.retry", "job.succeeded", "job.failed", "job.timed_out", "job.cancelled", "job.dead"}
+)
+
+
+@dataclass(slots=True)
+class Turn:
+    """One running attempt, as seen from its session's committed events."""
+
+    job_id: str
+    session: str
+    attempt: int
+    started_at: float  # wall clock, like Event.at
+    last_output_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    at: float
+    blocked_s: float
+    stack: str
+
+
+class _BlockRecorder(logging.Handler):
+    def __init__(self, into: deque[Block]) -> None:
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not str(record.msg).startswith("loop.blocked"):
+            return
+        extra: dict[str, Any] = record.__dict__
+        self.into.append(
+            Block(record.created, float(extra.get("blocked_s", 0.0)), str(extra.get("stack", "")))
+        )
+
+
+class Activity:
+    """Running turns and recent loop blocks of one Laneway."""
+
+    def __init__(self, keep_blocks: int = 20) -> None:
+        self.turns: dict[str, Turn] = {}
+        self.blocks: deque[Block] = deque(maxlen=keep_blocks)
+        self._recorder = _BlockRecorder(self.blocks)
+        self._logger = logging.getLogger("laneway.watchdog")
+        self._unlisten: Any = None
+
+    def watch(self, lw: Laneway) -> None:
+        self._unlisten = lw.add_listener(self.observe)
+        self._logger.addHandler(self._recorder)
+
+    def close(self) -> None:
+        self._logger.removeHandler(self._recorder)
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
+
+    def observe(self, event: Event) -> None:
+        job_id = event.job_id
+        if job_id is None:
+            return
+        if event.kind == "job.started":
+            data = event.data if isinstance(event.data, dict) else {}
+            attempt = int(data.get("attempt", 1))
+            self.turns[job_id] = Turn(job_id, event.session, attempt, event.at, event.at)
+        elif event.kind in _ENDS:
+            self.turns.pop(job_id, None)
+        elif (turn := self.turns.get(job_id)) is not None:
+            turn.last_output_at = event.at
