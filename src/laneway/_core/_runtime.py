@@ -689,8 +689,9 @@ class Laneway:
 
     def _expire(self, att: Attempt, reason: str) -> None:
         job = att.job
+        # attempt.*, not job.*: the job may still be retried; its end is logged as job.<state>.
         log.warning(
-            "job.timed_out: %s of session %r exceeded its %s limit (attempt %d)",
+            "attempt.timed_out: %s of session %r exceeded its %s limit (attempt %d)",
             job.id,
             job.session,
             reason,
@@ -870,7 +871,13 @@ class Laneway:
             att.number,
             reason,
             delay,
-            extra={"job_id": job.id, "session": job.session, "reason": reason, "delay": delay},
+            extra={
+                "job_id": job.id,
+                "session": job.session,
+                "reason": reason,
+                "attempt": att.number,
+                "delay": delay,
+            },
         )
         self._requeue_head(job, delay)
 
@@ -910,7 +917,14 @@ class Laneway:
                 state.value,
                 job.id,
                 reason,
-                extra={"job_id": job.id, "session": job.session, "reason": reason, "error": error},
+                extra={
+                    "job_id": job.id,
+                    "session": job.session,
+                    "state": state.value,
+                    "reason": reason,
+                    "attempt": job.attempts,
+                    "error": error,
+                },
             )
         _when_done(fut, partial(self._finished, job, outcome))
 
