@@ -11,10 +11,13 @@ from typing import Any
 from .conftest import LiveServer, session_name, start_server, wait_state
 
 
-def _start(**env: str) -> LiveServer:
+def _start(log_format: str = "text") -> LiveServer:
     """A /hang is timed out by the idle limit, retried once, then timed out for good."""
     return start_server(
-        LANEWAY_MAX_ATTEMPTS="2", LANEWAY_IDLE="0.3", LANEWAY_LOG_LEVEL="info", **env
+        LANEWAY_MAX_ATTEMPTS="2",
+        LANEWAY_IDLE="0.3",
+        LANEWAY_LOG_LEVEL="info",
+        LANEWAY_LOG_FORMAT=log_format,
     )
 
 
@@ -34,7 +37,7 @@ def _wait_for_line(server: LiveServer, needle: str) -> None:
 
 
 def test_json_logs_carry_the_fields_and_tell_an_attempt_from_the_job() -> None:
-    server = _start(LANEWAY_LOG_FORMAT="json")
+    server = _start("json")
     try:
         job = _hang_twice(server)
         _wait_for_line(server, '"event": "job.timed_out"')
