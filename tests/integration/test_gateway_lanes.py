@@ -7,7 +7,7 @@ import re
 
 import httpx
 
-from .conftest import session_name, start_server, wait_state
+from .conftest import laneway_env, run_cli, session_name, start_server, wait_state
 
 
 def post(client: httpx.Client, session: str, text: str) -> str:
@@ -36,6 +36,13 @@ def test_jobs_behind_their_own_session_are_not_queued_on_the_shared_lane() -> No
             metrics = client.get("/metrics").text
             assert re.search(r'^laneway_lane_queued\{lane="llm"\} 0\.0$', metrics, re.M)
             assert re.search(r'^laneway_lane_behind_session\{lane="llm"\} 2\.0$', metrics, re.M)
+            shown = run_cli("status", env=laneway_env(LANEWAY_URL=server.url, COLUMNS="100"))
+            llm = next(line for line in shown.stdout.splitlines() if line.startswith("│ llm"))
+            assert [c.strip() for c in llm.split("│")[2:5]] == [
+                "1/8",
+                "0",
+                "2",
+            ]  # active, waiting, behind
             client.post(f"/v1/sessions/{s}/stop", json={"drop_queued": True})
     finally:
         server.stop()

@@ -1,5 +1,6 @@
 """What the console shows beyond the snapshot: the turns running now (when each
-started, when it last made output) and the recent ``loop.blocked`` reports.
+started, when it last made output) and the recent ``loop.blocked`` reports;
+and where each recently queued job's events begin in its session's log.
 
 Both are followed from public hooks only: committed events through
 ``Laneway.add_listener`` and the watchdog's log records through ``logging``.
@@ -8,7 +9,7 @@ Both are followed from public hooks only: committed events through
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,8 +58,12 @@ class _BlockRecorder(logging.Handler):
 class Activity:
     """Running turns and recent loop blocks of one Laneway."""
 
-    def __init__(self, keep_blocks: int = 20) -> None:
+    def __init__(self, keep_blocks: int = 20, keep_queued: int = 4096) -> None:
         self.turns: dict[str, Turn] = {}
+        # job id -> seq of its job.queued event, for the submit answer: a client
+        # follows the job from its own first event instead of the whole session.
+        self._queued: OrderedDict[str, int] = OrderedDict()
+        self._keep_queued = keep_queued
         self.blocks: deque[Block] = deque(maxlen=keep_blocks)
         self._recorder = _BlockRecorder(self.blocks)
         self._logger = logging.getLogger("laneway.watchdog")
@@ -74,11 +79,19 @@ class Activity:
             self._unlisten()
             self._unlisten = None
 
+    def queued_seq(self, job_id: str) -> int | None:
+        """The seq of the job's ``job.queued`` event, if it was queued recently."""
+        return self._queued.get(job_id)
+
     def observe(self, event: Event) -> None:
         job_id = event.job_id
         if job_id is None:
             return
-        if event.kind == "job.started":
+        if event.kind == "job.queued":
+            self._queued[job_id] = event.seq
+            if len(self._queued) > self._keep_queued:
+                self._queued.popitem(last=False)
+        elif event.kind == "job.started":
             data = event.data if isinstance(event.data, dict) else {}
             attempt = int(data.get("attempt", 1))
             self.turns[job_id] = Turn(job_id, event.session, attempt, event.at, event.at)

@@ -47,6 +47,9 @@ class Accepted(BaseModel):
     job_id: str
     session: str
     state: JobState
+    seq: int | None = Field(
+        default=None, description="seq of the job's job.queued event (new jobs only)", exclude=True
+    )
 
 
 class JobOut(BaseModel):
@@ -183,9 +186,14 @@ async def post_message(request: Request, session: SessionKey) -> JSONResponse:
     gw = gateway_of(request)
     who = principal_for(gw.secrets, bearer_secret(request.headers.get("authorization")))
     accepted = await submit(gw, who, session, await read_message(request))
-    return JSONResponse(
-        {"job_id": accepted.job_id, "session": session, "state": accepted.state.value}, 202
-    )
+    body: dict[str, Any] = {
+        "job_id": accepted.job_id,
+        "session": session,
+        "state": accepted.state.value,
+    }
+    if (seq := gw.activity.queued_seq(accepted.job_id)) is not None:
+        body["seq"] = seq  # its job.queued event: follow with ?after=seq-1
+    return JSONResponse(body, 202)
 
 
 @router.post("/v1/sessions/{session}/stop", tags=["sessions"], responses=_ERRORS)
