@@ -71,3 +71,21 @@ def test_text_logs_show_the_fields_too() -> None:
     assert f"job_id='{job}'" in final
     assert "reason='idle'" in final
     assert "attempt=2" in final
+
+
+def test_otel_variables_turn_on_traces_of_every_job() -> None:
+    server = start_server(
+        OTEL_TRACES_EXPORTER="console", OTEL_SERVICE_NAME="gw-test", OTEL_BSP_SCHEDULE_DELAY="50"
+    )
+    try:
+        with server.client() as client:
+            resp = client.post(f"/v1/sessions/{session_name()}/messages", json={"text": "hi"})
+            job = resp.json()["job_id"]
+            wait_state(client, job, "succeeded")
+        _wait_for_line(server, '"name": "laneway.job"')
+    finally:
+        server.stop()
+    printed = "".join(server.output)
+    assert '"name": "laneway.attempt"' in printed
+    assert f'"laneway.job_id": "{job}"' in printed
+    assert '"service.name": "gw-test"' in printed

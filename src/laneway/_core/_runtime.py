@@ -75,6 +75,9 @@ __all__ = ["Attempt", "Job", "Laneway"]
 
 log = logging.getLogger("laneway.runtime")
 
+#: ``Laneway.add_attempt_hook``: a context manager around each attempt's handler call
+AttemptHook = Callable[[TurnContext], contextlib.AbstractContextManager[object]]
+
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 T = TypeVar("T")
 
@@ -312,6 +315,7 @@ class Laneway:
         self._zombies: dict[int, Zombie] = {}
         self._abandoned: set[Attempt] = set()
         self._bus = EventBus()
+        self._attempt_hooks: list[AttemptHook] = []
         self._state = _NEW
         self._seq = itertools.count(1)
         self._id_prefix = secrets.token_hex(5)
@@ -632,10 +636,12 @@ class Laneway:
                 return
             att.start_seq = event.seq
             self._bus.publish(event)
-            if job.spec.isolation == "process":
-                result = await self._process_runner.run(self, att, TurnContext(self, att))
-            else:
-                result = await job.spec.fn(TurnContext(self, att), job.payload)
+            ctx = TurnContext(self, att)
+            with self._around_attempt(ctx):
+                if job.spec.isolation == "process":
+                    result = await self._process_runner.run(self, att, ctx)
+                else:
+                    result = await job.spec.fn(ctx, job.payload)
         except asyncio.CancelledError:
             self._end(att)
         except Exception as exc:
@@ -1194,6 +1200,25 @@ class Laneway:
         (metrics, audit logs). It must be quick and not block. Returns a remover."""
         self._bus.listeners.append(fn)
         return lambda: self._bus.listeners.remove(fn)
+
+    def add_attempt_hook(self, hook: AttemptHook) -> Callable[[], None]:
+        """Run every attempt inside ``hook(ctx)``, a context manager entered in the
+        attempt's own task just before the handler is called (after its
+        ``job.started`` event was published) and exited when the handler returns,
+        raises or is cancelled. What it sets in ``contextvars`` (a tracing span, a
+        logging context) is seen by the handler and everything it awaits. A hook
+        must be quick; an exception from entering it fails the attempt like one
+        from the handler. A zombie never exits it. Returns a remover."""
+        self._attempt_hooks.append(hook)
+        return lambda: self._attempt_hooks.remove(hook)
+
+    def _around_attempt(self, ctx: TurnContext) -> contextlib.AbstractContextManager[object]:
+        if not self._attempt_hooks:
+            return contextlib.nullcontext()
+        with contextlib.ExitStack() as stack:  # a hook that fails to enter unwinds the others
+            for hook in list(self._attempt_hooks):
+                stack.enter_context(hook(ctx))
+            return stack.pop_all()
 
     async def _history(self, att: Attempt, limit: int) -> list[Event]:
         return await self.store.history(att.job.session, before=att.start_seq, limit=limit)

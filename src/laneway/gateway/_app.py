@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -63,6 +64,8 @@ class Gateway:
         self.handler = register_model(lw, s)
         self.metrics.watch(lw)
         self.activity.watch(lw)
+        if _tracing_requested():
+            _trace(lw)
         await lw.start()
         self._lw = lw
         self._monitor = asyncio.get_running_loop().create_task(self._watch_blocks())
@@ -101,6 +104,23 @@ class Gateway:
         while True:
             await asyncio.sleep(0.5)
             self.recently_blocked()
+
+
+def _tracing_requested() -> bool:
+    """Any standard ``OTEL_*`` variable asks for traces (unless the SDK is disabled)."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    return any(name.startswith("OTEL_") for name in os.environ)
+
+
+def _trace(lw: Laneway) -> None:
+    from .._extras import require
+
+    require("otel", "tracing (an OTEL_* variable is set)")
+    from ..otel import configure_from_env, instrument
+
+    configure_from_env()
+    instrument(lw)
 
 
 class BodyLimit:
