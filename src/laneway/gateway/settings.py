@@ -69,6 +69,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("openai_api_key", "LANEWAY_OPENAI_API_KEY", "OPENAI_API_KEY"),
         description="API key (env OPENAI_API_KEY)",
     )
+    openai_system_prompt: str | None = Field(
+        None, description="system message sent first on every openai turn"
+    )
+    openai_history: int = Field(
+        50, ge=0, description="earlier messages of the session sent with each openai turn"
+    )
     llm_lane: int = Field(8, ge=1, description="cap of the shared 'llm' lane (turns at once)")
     session_limit: int = Field(1, ge=1, description="turns at once per session")
     deadline: Seconds = Field(900.0, description="hard cap per attempt, seconds")
