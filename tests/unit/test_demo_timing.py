@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from laneway import JobState, Retry
-from laneway.gateway import Settings
+from laneway.gateway import load_settings
 from laneway.gateway._models import register_model
 
 from ..conftest import MakeLaneway
@@ -34,12 +34,17 @@ def claimed_seconds(command: str) -> float:
     [("/hang", JobState.TIMED_OUT), ("/stall", JobState.TIMED_OUT), ("/crash", JobState.FAILED)],
 )
 async def test_the_readme_demo_times_match_the_demo_limits(
-    make_laneway: MakeLaneway, monkeypatch: pytest.MonkeyPatch, command: str, state: JobState
+    make_laneway: MakeLaneway,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    command: str,
+    state: JobState,
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # no laneway.toml
     for name in list(os.environ):
         if name.startswith("LANEWAY_"):
             monkeypatch.delenv(name)
-    settings = Settings(store="memory://")  # what `laneway serve` runs with by default
+    settings = load_settings(store="memory://")  # what `laneway serve` runs with by default
     lw = make_laneway(
         lanes={"llm": settings.llm_lane},
         limits=settings.limits(),
