@@ -89,7 +89,8 @@ def test_the_console_shows_turns_and_lanes_live_and_its_buttons_work(
         wait_state(client, hung, "running")
         page.goto(f"{console_server.url}/ui#session={hung_session}")
         page.locator(f'#transcript [data-job="{hung}"]').wait_for(timeout=3000)
-        page.locator(f'#turns tr[data-job="{hung}"]').wait_for(timeout=3000)
+        worry = page.locator(f'#turns tr[data-job="{hung}"] td.worry')
+        worry.filter(has_text="of idle limit 5s").wait_for(timeout=6000)  # quiet 3 s of 5
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "console.png"), full_page=True)
         page.locator("#stop").click()
@@ -97,6 +98,12 @@ def test_the_console_shows_turns_and_lanes_live_and_its_buttons_work(
             timeout=3000
         )
         assert client.get(f"/v1/jobs/{hung}").json()["state"] == "cancelled"
+
+        send(client, session_name(), "/block 1.5")
+        report = page.locator("#blocks details summary").filter(has_text="loop.blocked")
+        report.first.wait_for(timeout=8000)
+        stack = page.locator("#blocks pre").first.text_content() or ""
+        assert "block_loop" in stack  # the blocking code, from the watchdog's report
     timings = {"first_render_s": round(first_render, 3), "finished_turn_shown_s": round(reflect, 3)}
     (ARTIFACTS / "console-timings.json").write_text(json.dumps(timings) + "\n")
     print("console timings", timings)
