@@ -78,6 +78,14 @@ def after_last(lines: list[str], marker: str, then: str) -> bool:
     return bool(marks) and any(then in line for line in lines[marks[-1] + 1 :])
 
 
+def wait_until_queued(client: httpx.Client, session: str) -> None:
+    deadline = time.monotonic() + 10
+    params = {"session": session, "state": "queued"}
+    while not client.get("/v1/jobs", params=params).json()["jobs"]:
+        assert time.monotonic() < deadline, f"nothing queued in {session}"
+        time.sleep(0.05)
+
+
 def _sqlite_server(port: int, db: Path) -> LiveServer:
     return start_server("--port", str(port), LANEWAY_STORE=f"sqlite:///{db}")
 
@@ -114,7 +122,8 @@ def test_send_follow_resumes_after_a_restart_and_prints_the_reply_once(tmp_path:
             hung = client.post(f"/v1/sessions/{s}/messages", json={"text": "/hang"})
             wait_state(client, hung.json()["job_id"], "running")
         with running("send", s, "said before the restart", "--follow", env=env) as send:
-            time.sleep(0.5)  # the reply is queued behind the hung turn, being followed
+            with server.client() as client:
+                wait_until_queued(client, s)  # the reply waits behind the hung turn
             server.stop()
             send.wait_for(lambda lines: any("reconnecting" in line for line in lines))
             server = _sqlite_server(port, db)
