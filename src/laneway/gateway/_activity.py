@@ -70,7 +70,11 @@ class Activity:
         self._unlisten: Any = None
 
     def watch(self, lw: Laneway) -> None:
+        """Follow ``lw``'s committed events and the watchdog's log records."""
         self._unlisten = lw.add_listener(self.observe)
+        self.watch_logs()
+
+    def watch_logs(self) -> None:
         self._logger.addHandler(self._recorder)
 
     def close(self) -> None:

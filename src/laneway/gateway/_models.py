@@ -45,6 +45,9 @@ def _register_demo(lw: Laneway, settings: Settings) -> None:
 
 
 def _register_openai(lw: Laneway, settings: Settings) -> str:
+    from .._extras import require
+
+    require("openai", "LANEWAY_MODEL=openai")
     from ..handlers.openai import (  # type: ignore[import-not-found,unused-ignore]
         register_openai,
     )
