@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
-__all__ = ["GaveUp", "HttpError", "follow", "session_path"]
+__all__ = ["GaveUp", "HttpError", "follow", "url_part"]
 
 #: statuses that mean "come back later" rather than "you asked wrong"
 _TRANSIENT = frozenset({502, 503, 504})
@@ -34,8 +34,9 @@ class HttpError(Exception):
     response: httpx.Response
 
 
-def session_path(session: str) -> str:
-    return quote(session, safe="")
+def url_part(value: str) -> str:
+    """A session key or job id as one URL path segment."""
+    return quote(value, safe="")
 
 
 @dataclass
@@ -66,7 +67,7 @@ def _parse(lines: Iterator[str], cursor: _Cursor) -> Iterator[dict[str, Any]]:
 
 def _stream_once(client: httpx.Client, session: str, cursor: _Cursor) -> Iterator[dict[str, Any]]:
     headers = {"Last-Event-ID": str(cursor.last)} if cursor.last else {}
-    path = f"/v1/sessions/{session_path(session)}/events"
+    path = f"/v1/sessions/{url_part(session)}/events"
     with client.stream("GET", path, params={"after": cursor.last}, headers=headers) as resp:
         if resp.status_code in _TRANSIENT:
             raise httpx.RemoteProtocolError(f"HTTP {resp.status_code}")

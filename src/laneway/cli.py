@@ -24,7 +24,7 @@ from rich.console import Console
 
 from . import __version__
 from ._cli_views import event_line, job_view, jobs_table, lanes_view, report_view
-from ._sse_client import GaveUp, HttpError, follow, session_path
+from ._sse_client import GaveUp, HttpError, follow, url_part
 
 __all__ = ["app", "main"]
 
@@ -148,7 +148,7 @@ def send(
     if idempotency_key:
         body["idempotency_key"] = idempotency_key
     with _client(url, token, read=STREAM_READ_TIMEOUT if follow_ else 10.0) as client:
-        accepted = _check(client.post(f"/v1/sessions/{session_path(session)}/messages", json=body))
+        accepted = _check(client.post(f"/v1/sessions/{url_part(session)}/messages", json=body))
         if not follow_:
             _print_json(accepted) if as_json else out.print(accepted["job_id"], highlight=False)
             return
@@ -348,7 +348,7 @@ def jobs(
 def job(job_id: str, as_json: AsJson = False, url: Url = DEFAULT_URL, token: Token = None) -> None:
     """One job: state, attempts, reason, error, payload and result."""
     with _client(url, token) as client:
-        info = _check(client.get(f"/v1/jobs/{session_path(job_id)}"))
+        info = _check(client.get(f"/v1/jobs/{url_part(job_id)}"))
     _print_json(info) if as_json else out.print(job_view(info))
 
 
@@ -356,7 +356,7 @@ def job(job_id: str, as_json: AsJson = False, url: Url = DEFAULT_URL, token: Tok
 def requeue(job_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
     """Send a failed, timed_out or dead job back to its session's queue."""
     with _client(url, token) as client:
-        done = _check(client.post(f"/v1/jobs/{session_path(job_id)}/requeue"))
+        done = _check(client.post(f"/v1/jobs/{url_part(job_id)}/requeue"))
     out.print(f"requeued {done['job_id']} (session {done['session']})", highlight=False)
 
 
@@ -370,9 +370,7 @@ def stop(
     """End the session's running turn (and with --drop-queued its queue)."""
     with _client(url, token) as client:
         result = _check(
-            client.post(
-                f"/v1/sessions/{session_path(session)}/stop", json={"drop_queued": drop_queued}
-            )
+            client.post(f"/v1/sessions/{url_part(session)}/stop", json={"drop_queued": drop_queued})
         )
     out.print(
         f"cancelled {len(result['cancelled'])} running, dropped {len(result['dropped'])} queued",
