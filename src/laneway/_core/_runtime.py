@@ -677,7 +677,9 @@ class Laneway:
         now = self._timers.now()
         if att.deadline_at is not None and now >= att.deadline_at:
             self._expire(att, "deadline")
-        elif att.idle is not None and now - att.last_progress >= att.idle:
+        # the same sum _arm_limits armed the timer with: "now - last >= idle" can be
+        # False at that very instant (rounding), re-arming it for now, forever
+        elif att.idle is not None and now >= att.last_progress + att.idle:
             self._expire(att, "idle")
         else:
             self._arm_limits(att)
