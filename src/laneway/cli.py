@@ -415,8 +415,7 @@ def demo(
 def fake_openai(
     port: Annotated[int, typer.Option(min=0, max=65535, help="port on 127.0.0.1 (0: any)")] = 0,
 ) -> None:
-    """Serve a fake OpenAI-compatible model on loopback (it echoes the last user message),
-    to try LANEWAY_MODEL=openai offline."""
+    """A fake OpenAI-compatible model on loopback, to try LANEWAY_MODEL=openai offline."""
     import asyncio
 
     from .testing import FakeOpenAI
