@@ -1,6 +1,6 @@
 """``python -m laneway``: the command-line interface."""
 
-from .cli import main
+from ._launch import main
 
 if __name__ == "__main__":
     main()

@@ -76,8 +76,9 @@ def split_chunks(text: str) -> list[str]:
 class FakeOpenAI:
     """A scriptable OpenAI-compatible chat-completions server on loopback."""
 
-    def __init__(self, *, model: str = "fake-model") -> None:
+    def __init__(self, *, model: str = "fake-model", port: int = 0) -> None:
         self.model = model
+        self._want_port = port  # 0: any free port
         self.requests: list[FakeRequest] = []
         self._scenarios: collections.deque[_Scenario] = collections.deque()
         self._ids = itertools.count(1)
@@ -146,9 +147,12 @@ class FakeOpenAI:
         """Bind an ephemeral loopback port and serve from a background thread."""
         if self._thread is not None:
             raise RuntimeError("FakeOpenAI can be started once")
+        from ._extras import require
+
+        require("server", "FakeOpenAI")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", self._want_port))
         self._sock = sock
         self.port = sock.getsockname()[1]
         self._thread = threading.Thread(target=self._serve, name="fake-openai", daemon=True)

@@ -211,12 +211,17 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class LaneStats:
+    """One lane. For a shared lane, ``queued`` counts only jobs waiting for its
+    slots; ``behind_session`` counts those that need it but wait for their own
+    session's turn first (a busy session's later messages)."""
+
     name: str
     limit: int
     active: int
     queued: int
     oldest_active_s: float | None
     oldest_queued_s: float | None
+    behind_session: int = 0
 
 
 @dataclass(frozen=True, slots=True)

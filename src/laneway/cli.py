@@ -1,8 +1,11 @@
 """The ``laneway`` command: run the gateway, and talk to a running one.
 
-``laneway serve`` starts the service; ``send``, ``status``, ``top``, ``jobs``,
-``requeue`` and ``stop`` are clients of its HTTP API (``--url``, ``--token``,
-or ``LANEWAY_URL`` / ``LANEWAY_TOKEN``); ``demo`` runs the in-process chaos run.
+``laneway serve`` starts the service; ``send``, ``tail``, ``status``, ``top``,
+``jobs``, ``job``, ``requeue`` and ``stop`` are clients of its HTTP API
+(``--url``, ``--token``, or ``LANEWAY_URL`` / ``LANEWAY_TOKEN``); ``demo`` runs
+the in-process chaos run; ``fake-openai`` serves a fake OpenAI-compatible model.
+The clients that watch (``top``, ``send --follow``, ``tail``) keep going through
+a blocked loop, a slow answer or a server restart.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
-from urllib.parse import quote
 
 import httpx
 import typer
-from rich.console import Console, Group
-from rich.table import Table
+from rich.console import Console
+
+from . import __version__
+from ._cli_views import event_line, job_view, jobs_table, lanes_view, report_view
+from ._sse_client import GaveUp, HttpError, follow, url_part
 
 __all__ = ["app", "main"]
 
@@ -27,7 +32,6 @@ app = typer.Typer(
     name="laneway",
     help="Per-session FIFO lanes for LLM-agent turns that never wedge.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 out = Console()
@@ -37,11 +41,30 @@ Url = Annotated[str, typer.Option("--url", envvar="LANEWAY_URL", help="the gatew
 Token = Annotated[
     str | None, typer.Option("--token", envvar="LANEWAY_TOKEN", help="bearer token secret")
 ]
+AsJson = Annotated[bool, typer.Option("--json", help="print the answer as JSON")]
 DEFAULT_URL = "http://127.0.0.1:8787"
+#: a stream stays open through 15 s heartbeats; silence past this means a dead connection
+STREAM_READ_TIMEOUT = 60.0
 
 
 def main() -> None:
     app()
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        out.print(f"laneway {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="print the version"),
+    ] = False,
+) -> None:
+    """Per-session FIFO lanes for LLM-agent turns that never wedge."""
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -60,20 +83,22 @@ def _client(url: str, token: str | None, read: float | None = 10.0) -> Iterator[
         _fail(f"cannot reach laneway at {url}: {exc or type(exc).__name__}")
 
 
-def _segment(value: str) -> str:
-    """A session key or job id as one path segment: a "/", "?" or "#" in it stays in it."""
-    return quote(value, safe="")
+def _error_detail(resp: httpx.Response) -> str:
+    try:
+        error = resp.json()["error"]
+        return f"{error['code']}: {error['message']}"
+    except (ValueError, KeyError, TypeError):
+        return resp.text[:200]
 
 
 def _check(resp: httpx.Response) -> Any:
     if resp.is_success:
         return resp.json()
-    try:
-        error = resp.json()["error"]
-        detail = f"{error['code']}: {error['message']}"
-    except (ValueError, KeyError, TypeError):
-        detail = resp.text[:200]
-    _fail(f"HTTP {resp.status_code} {detail}")
+    _fail(f"HTTP {resp.status_code} {_error_detail(resp)}")
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
 
 # -- serve --------------------------------------------------------------------
@@ -100,15 +125,19 @@ def serve(
     raise typer.Exit(run(settings))
 
 
-# -- send ---------------------------------------------------------------------
+# -- send, tail -------------------------------------------------------------------
 
 
 @app.command()
 def send(
     session: str,
     text: str,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="print the reply live")] = False,
+    follow_: Annotated[bool, typer.Option("--follow", "-f", help="print the reply live")] = False,
     handler: Annotated[str | None, typer.Option(help="handler (default: the model)")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="a retried send with the same key is the same job")
+    ] = None,
+    as_json: AsJson = False,
     url: Url = DEFAULT_URL,
     token: Token = None,
 ) -> None:
@@ -116,132 +145,183 @@ def send(
     body: dict[str, Any] = {"text": text}
     if handler:
         body["handler"] = handler
-    with _client(url, token, read=None if follow else 10.0) as client:
-        accepted = _check(client.post(f"/v1/sessions/{_segment(session)}/messages", json=body))
-        job_id = accepted["job_id"]
-        if not follow:
-            out.print(job_id, highlight=False)
+    if idempotency_key:
+        body["idempotency_key"] = idempotency_key
+    with _client(url, token, read=STREAM_READ_TIMEOUT if follow_ else 10.0) as client:
+        accepted = _check(client.post(f"/v1/sessions/{url_part(session)}/messages", json=body))
+        if not follow_:
+            _print_json(accepted) if as_json else out.print(accepted["job_id"], highlight=False)
             return
-        code = _follow(client, session, job_id)
+        after = max(0, int(accepted.get("seq") or 1) - 1)  # from the job's own first event
+        code = _follow_job(client, session, accepted["job_id"], after, as_json)
     raise typer.Exit(code)
 
 
-def _follow(client: httpx.Client, session: str, job_id: str) -> int:
-    """Print the job's deltas as they arrive; the exit code once its terminal event comes."""
+def _reconnecting(reason: str) -> None:
+    err.print(f"[yellow]reconnecting[/yellow] ({reason})", highlight=False)
+
+
+def _events(client: httpx.Client, session: str, after: int) -> Iterator[dict[str, Any]]:
+    try:
+        yield from follow(client, session, after, on_reconnect=_reconnecting)
+    except GaveUp as exc:
+        _fail(f"gave up reconnecting to laneway: {exc}")
+    except HttpError as exc:
+        _fail(f"HTTP {exc.response.status_code} {_error_detail(exc.response)}")
+
+
+def _follow_job(client: httpx.Client, session: str, job_id: str, after: int, as_json: bool) -> int:
+    """Print the job's events as they arrive; the exit code once its terminal event comes."""
     printer = _ReplyPrinter()
-    path = f"/v1/sessions/{_segment(session)}/events"
-    with client.stream("GET", path, params={"after": 0}) as resp:
-        if not resp.is_success:
-            resp.read()
-            _check(resp)
-        for event in _sse_events(resp.iter_lines()):
-            if event.get("job_id") == job_id and (code := printer.show(event)) is not None:
-                return code
-    _fail("the event stream ended before the turn finished")
-
-
-def _sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
-    data: list[str] = []
-    for line in lines:
-        if line.startswith("data:"):
-            data.append(line[5:].strip())
-        elif not line and data:
-            yield json.loads("\n".join(data))
-            data.clear()
+    for event in _events(client, session, after):
+        if event.get("job_id") != job_id:
+            continue
+        if as_json:
+            sys.stdout.write(json.dumps(event) + "\n")
+            sys.stdout.flush()
+        code = printer.show(event, quiet=as_json)
+        if code is not None:
+            return code
+    return 1  # unreachable: _events only ends by failing
 
 
 class _ReplyPrinter:
     def __init__(self) -> None:
         self.streamed = False
 
-    def show(self, event: dict[str, Any]) -> int | None:
+    def _write(self, text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        self.streamed = True
+
+    def show(self, event: dict[str, Any], quiet: bool = False) -> int | None:
         kind, data = event["kind"], event.get("data") or {}
-        if kind == "delta" and isinstance(data, dict):
-            sys.stdout.write(str(data.get("text", "")))
-            sys.stdout.flush()
-            self.streamed = True
-        elif kind == "message" and isinstance(data, dict) and not self.streamed:
-            sys.stdout.write(str(data.get("text", "")))
-            self.streamed = True
+        if not isinstance(data, dict):
+            data = {}
+        # the whole message only when no delta streamed it already
+        shows_text = kind == "delta" or (kind == "message" and not self.streamed)
+        if shows_text and not quiet:
+            self._write(str(data.get("text", "")))
         elif kind == "job.retry":
             err.print(f"\n[yellow]retrying[/yellow] ({data.get('reason')})", highlight=False)
             self.streamed = False
         elif kind.startswith("job.") and kind not in ("job.queued", "job.started"):
-            if self.streamed:
-                sys.stdout.write("\n")
-            sys.stdout.flush()
-            if kind == "job.succeeded":
-                return 0
-            reason = f" ({data.get('reason')})" if data.get("reason") else ""
-            error = f": {data.get('error')}" if data.get("error") else ""
-            err.print(f"[red]turn {kind[4:]}[/red]{reason}{error}", highlight=False)
-            return 1
+            return self._end(kind, data, quiet)
         return None
+
+    def _end(self, kind: str, data: dict[str, Any], quiet: bool) -> int:
+        if self.streamed and not quiet:
+            sys.stdout.write("\n")
+        sys.stdout.flush()
+        if kind == "job.succeeded":
+            return 0
+        reason = f" ({data.get('reason')})" if data.get("reason") else ""
+        error = f": {data.get('error')}" if data.get("error") else ""
+        err.print(f"[red]turn {kind[4:]}[/red]{reason}{error}", highlight=False)
+        return 1
+
+
+@app.command()
+def tail(
+    session: str,
+    after: Annotated[int, typer.Option(min=0, help="start after this seq (0: the whole log)")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON event per line")] = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Print a session's events, then follow it live (Ctrl-C to quit)."""
+    with _client(url, token, read=STREAM_READ_TIMEOUT) as client:
+        try:
+            for event in _events(client, session, after):
+                line = json.dumps(event) if as_json else event_line(event)
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            return
 
 
 # -- inspection -----------------------------------------------------------------
 
 
-def _age(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds:.1f}s"
-
-
-def _lanes_view(snap: dict[str, Any]) -> Group:
-    table = Table(title="lanes", title_justify="left")
-    for col in ("lane", "active", "queued", "oldest active", "oldest queued"):
-        table.add_column(col, justify="left" if col == "lane" else "right")
-    for lane in snap["lanes"]:
-        table.add_row(
-            lane["name"],
-            f"{lane['active']}/{lane['limit']}",
-            str(lane["queued"]),
-            _age(lane["oldest_active_s"]),
-            _age(lane["oldest_queued_s"]),
-        )
-    summary = (
-        f"jobs queued {snap['jobs_queued']}  running {snap['jobs_running']}  "
-        f"zombies {len(snap['zombies'])}  loop lag {snap['loop_lag'] * 1000:.0f} ms  "
-        f"loop blocks {snap['loop_blocks']}"
-    )
-    parts: list[Any] = [table, summary]
-    if snap["zombies"]:
-        zt = Table(title="zombies (abandoned, slots freed)", title_justify="left")
-        for col in ("job", "session", "kind", "age"):
-            zt.add_column(col)
-        for z in snap["zombies"]:
-            zt.add_row(z["job_id"], z["session"], z["kind"], _age(z["age_s"]))
-        parts.append(zt)
-    return Group(*parts)
-
-
 @app.command()
-def status(url: Url = DEFAULT_URL, token: Token = None) -> None:
+def status(as_json: AsJson = False, url: Url = DEFAULT_URL, token: Token = None) -> None:
     """Lanes, queue depths, zombies and loop lag, once."""
     with _client(url, token) as client:
-        out.print(_lanes_view(_check(client.get("/v1/lanes"))))
+        snap = _check(client.get("/v1/lanes"))
+    _print_json(snap) if as_json else out.print(lanes_view(snap))
+
+
+class _Watch:
+    """One frame of ``top`` at a time; through failures it shows the last one, marked stale."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        self.client = client
+        self.last: dict[str, Any] | None = None
+        self.down_since: float | None = None
+
+    def frame(self) -> tuple[Any, str | None]:
+        """The view to show and, while the gateway does not answer, why."""
+        problem = self._poll()
+        if problem is None:
+            self.down_since = None
+        elif self.down_since is None:
+            self.down_since = time.monotonic()
+        note = None
+        if problem is not None:
+            since = time.monotonic() - self.down_since if self.down_since else 0.0
+            note = f"reconnecting: {problem} (for {since:.0f}s; showing the last answer)"
+        if self.last is None:
+            return (note or "waiting for the first answer"), problem
+        return lanes_view(self.last, note), problem
+
+    def _poll(self) -> str | None:
+        try:
+            resp = self.client.get("/v1/lanes")
+        except httpx.TransportError as exc:
+            return str(exc) or type(exc).__name__
+        if resp.status_code == 401:
+            _fail(f"HTTP 401 {_error_detail(resp)}")
+        if not resp.is_success:
+            return f"HTTP {resp.status_code}"
+        self.last = resp.json()
+        return None
 
 
 @app.command()
 def top(
     once: Annotated[bool, typer.Option("--once", help="print one frame and exit")] = False,
     interval: Annotated[float, typer.Option(min=0.1, help="seconds between refreshes")] = 1.0,
+    timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for an answer")] = 5.0,
     url: Url = DEFAULT_URL,
     token: Token = None,
 ) -> None:
-    """A live view of the lanes, refreshed every second (Ctrl-C to quit)."""
+    """A live view of the lanes (Ctrl-C to quit); it rides out restarts and slow answers."""
+    with _client(url, token, read=timeout) as client:
+        if once:
+            out.print(lanes_view(_check(client.get("/v1/lanes"))))
+            return
+        try:
+            _top_loop(_Watch(client), interval)
+        except KeyboardInterrupt:
+            return
+
+
+def _top_loop(watch: _Watch, interval: float) -> None:
+    if not out.is_terminal:  # a pipe or a log: frames one after another, no redraws
+        shown: str | None = "start"
+        while True:
+            view, problem = watch.frame()
+            if problem is None or problem != shown:
+                out.print(view)
+                sys.stdout.flush()
+            shown = problem
+            time.sleep(interval)
     from rich.live import Live
 
-    with _client(url, token) as client:
-        if once:
-            out.print(_lanes_view(_check(client.get("/v1/lanes"))))
-            return
-        with Live(console=out, auto_refresh=False) as live:
-            try:
-                while True:
-                    live.update(_lanes_view(_check(client.get("/v1/lanes"))), refresh=True)
-                    time.sleep(interval)
-            except KeyboardInterrupt:
-                return
+    with Live(console=out, auto_refresh=False) as live:
+        while True:
+            live.update(watch.frame()[0], refresh=True)
+            time.sleep(interval)
 
 
 @app.command()
@@ -249,6 +329,7 @@ def jobs(
     state: Annotated[str | None, typer.Option(help="queued, running, failed, dead, ...")] = None,
     session: Annotated[str | None, typer.Option(help="only this session")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    as_json: AsJson = False,
     url: Url = DEFAULT_URL,
     token: Token = None,
 ) -> None:
@@ -260,29 +341,22 @@ def jobs(
         params["session"] = session
     with _client(url, token) as client:
         listing = _check(client.get("/v1/jobs", params=params))
-    table = Table()
-    for col in ("id", "session", "handler", "state", "attempts", "reason"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("error", overflow="fold")
-    for job in listing["jobs"]:
-        error = (job["error"] or "")[:60]
-        table.add_row(
-            job["id"],
-            job["session"],
-            job["handler"],
-            job["state"],
-            str(job["attempts"]),
-            job["reason"] or "",
-            error,
-        )
-    out.print(table)
+    _print_json(listing) if as_json else out.print(jobs_table(listing["jobs"]))
+
+
+@app.command()
+def job(job_id: str, as_json: AsJson = False, url: Url = DEFAULT_URL, token: Token = None) -> None:
+    """One job: state, attempts, reason, error, payload and result."""
+    with _client(url, token) as client:
+        info = _check(client.get(f"/v1/jobs/{url_part(job_id)}"))
+    _print_json(info) if as_json else out.print(job_view(info))
 
 
 @app.command()
 def requeue(job_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
     """Send a failed, timed_out or dead job back to its session's queue."""
     with _client(url, token) as client:
-        done = _check(client.post(f"/v1/jobs/{_segment(job_id)}/requeue"))
+        done = _check(client.post(f"/v1/jobs/{url_part(job_id)}/requeue"))
     out.print(f"requeued {done['job_id']} (session {done['session']})", highlight=False)
 
 
@@ -296,7 +370,7 @@ def stop(
     """End the session's running turn (and with --drop-queued its queue)."""
     with _client(url, token) as client:
         result = _check(
-            client.post(f"/v1/sessions/{_segment(session)}/stop", json={"drop_queued": drop_queued})
+            client.post(f"/v1/sessions/{url_part(session)}/stop", json={"drop_queued": drop_queued})
         )
     out.print(
         f"cancelled {len(result['cancelled'])} running, dropped {len(result['dropped'])} queued",
@@ -304,7 +378,7 @@ def stop(
     )
 
 
-# -- demo -------------------------------------------------------------------------
+# -- demo, fake-openai --------------------------------------------------------------
 
 
 @app.command()
@@ -333,14 +407,32 @@ def demo(
         report = asyncio.run(
             run_chaos(sessions=sessions, messages=messages, seed=seed, progress=advance)
         )
-    out.print(_report_view(report))
+    out.print(report_view(report))
     raise typer.Exit(0 if report.ok else 1)
 
 
-def _report_view(report: Any) -> Table:
-    table = Table(title="laneway demo", title_justify="left")
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    for label, value in report.rows():
-        table.add_row(label, value)
-    return table
+@app.command("fake-openai")
+def fake_openai(
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port on 127.0.0.1 (0: any)")] = 0,
+) -> None:
+    """A fake OpenAI-compatible model on loopback, to try LANEWAY_MODEL=openai offline."""
+    import asyncio
+
+    from .testing import FakeOpenAI
+
+    async def run() -> None:
+        async with FakeOpenAI(port=port) as fake:
+            print(f"fake OpenAI endpoint on {fake.base_url} (Ctrl-C to stop). Try:", flush=True)
+            print(
+                f"  LANEWAY_MODEL=openai LANEWAY_OPENAI_BASE_URL={fake.base_url} "
+                f"LANEWAY_OPENAI_MODEL={fake.model} LANEWAY_OPENAI_API_KEY=unused laneway serve",
+                flush=True,
+            )
+            await asyncio.Event().wait()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        return
+    except OSError as exc:
+        _fail(f"cannot serve on port {port}: {exc}")

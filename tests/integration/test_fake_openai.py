@@ -47,3 +47,36 @@ async def test_closing_releases_a_request_that_hangs() -> None:
                 await call
     with pytest.raises(RuntimeError, match="not started"):
         _ = FakeOpenAI().base_url
+
+
+async def test_the_gateway_sends_the_configured_system_prompt_and_history() -> None:
+    from .conftest import session_name, start_server, wait_state
+
+    async with FakeOpenAI() as fake:
+        server = start_server(
+            LANEWAY_MODEL="openai",
+            LANEWAY_OPENAI_BASE_URL=fake.base_url,
+            LANEWAY_OPENAI_MODEL=fake.model,
+            LANEWAY_OPENAI_API_KEY="unused",
+            LANEWAY_OPENAI_SYSTEM_PROMPT="Be brief.",
+            LANEWAY_OPENAI_HISTORY="2",
+        )
+        try:
+            s = session_name()
+            with server.client() as client:
+                for text in ("first", "second", "third"):
+                    resp = client.post(f"/v1/sessions/{s}/messages", json={"text": text})
+                    wait_state(client, resp.json()["job_id"], "succeeded")
+        finally:
+            server.stop()
+    sent = [[(m["role"], m["content"]) for m in r.messages] for r in fake.requests]
+    assert sent[2][1:3] == [("user", "second"), ("assistant", "echo: second")]  # only 2 kept
+    assert sent[:2] == [
+        [("system", "Be brief."), ("user", "first")],
+        [
+            ("system", "Be brief."),
+            ("user", "first"),
+            ("assistant", "echo: first"),
+            ("user", "second"),
+        ],
+    ]

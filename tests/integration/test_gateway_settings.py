@@ -42,6 +42,8 @@ def test_bad_settings_exit_2_with_a_clear_message(
         ({"LANEWAY_HOST": "::", "LANEWAY_TOKENS": ""}, "refusing to bind"),
         ({"LANEWAY_MODEL": "openai"}, "LANEWAY_OPENAI_MODEL"),
         ({"LANEWAY_CANCEL_GRACE": "nan"}, "cancel_grace"),
+        ({"LANEWAY_CORS_ORIGINS": "https://a.example/app"}, "cors_origins (LANEWAY_CORS_ORIGINS)"),
+        ({"LANEWAY_LOG_FORMAT": "xml"}, "log_format (LANEWAY_LOG_FORMAT)"),
     ],
 )
 def test_each_bad_setting_is_named(

@@ -18,7 +18,7 @@ import pytest
 from laneway import JobState, Laneway, Limits, Retry, TurnContext
 from laneway.testing import hang
 
-from .._helpers import Starts, Stubborn, every_store, load, now
+from .._helpers import Starts, Stubborn, every_store, lane, load, now
 from ..conftest import MakeLaneway
 
 pytestmark = [pytest.mark.looptime, every_store]
@@ -94,7 +94,9 @@ async def test_a_job_waiting_for_the_shared_lane_holds_no_session_slot(
     await asyncio.sleep(60)
 
     snap = lw.snapshot()
-    assert load(snap, "llm") == (1, 2)
+    # On the shared lane only bob waits for a slot; a2 waits for alice's own turn.
+    assert load(snap, "llm") == (1, 1)
+    assert lane(snap, "llm").behind_session == 1
     assert load(snap, "session:alice") == (1, 1)
     # bob waits for the shared lane without holding his own session slot: the
     # nested "session slot held while waiting for the global lane" cannot happen.

@@ -6,7 +6,7 @@ and checks, after every step: caps never exceeded (session and shared),
 strict FIFO per session (front-enqueued retries aside), no ticket both queued
 and active, counters consistent, drained sessions forgotten, and that
 ``next_ready`` picks the oldest eligible head and never returns None while
-some head could start.
+some head could start; and which queued tickets wait only for shared slots.
 """
 
 from __future__ import annotations
@@ -178,6 +178,18 @@ class LaneTableMachine(RuleBasedStateMachine):
         assert self.table.total_active == len(self.active)
         for name in SHARED:
             assert self.table.queued[name] == sum(name in t.lanes for t in queued)
+
+    @invariant()
+    def only_heads_with_session_room_wait_for_shared_lanes(self) -> None:
+        # What the snapshot shows as queued on a shared lane: a busy session's
+        # later messages wait for their own turn, not for the shared slots.
+        expected = [
+            q[0]
+            for s, q in self.queues.items()
+            if q and s not in self.held and self._active_in(s) < self.limit
+        ]
+        got = list(self.table.waiting_heads())
+        assert sorted(id(t) for t in got) == sorted(id(t) for t in expected)
 
     @invariant()
     def drained_sessions_are_forgotten(self) -> None:

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from laneway.gateway._logging import Redactor, install_redaction
+from laneway.gateway._redaction import Redactor, install_redaction
 
 
 @pytest.mark.parametrize(

@@ -164,7 +164,9 @@ class Attempt:
         now = self._owner.timers.now()
         if self.deadline_at is not None and now >= self.deadline_at:
             self._expire(Reason.DEADLINE, now)
-        elif self.idle is not None and now - self.last_progress >= self.idle:
+        # the same sum the timer was armed with: "now - last >= idle" can be
+        # False at that very instant (rounding), re-arming it for now, forever
+        elif self.idle is not None and now >= self.last_progress + self.idle:
             self._expire(Reason.IDLE, now)
         else:
             self._arm()
@@ -196,7 +198,8 @@ class Attempt:
     def _expire(self, reason: Reason, now: float) -> None:
         job = self.job
         log.warning(
-            "job.timed_out: %s of session %r exceeded its %s limit (attempt %d)",
+            # attempt.*, not job.*: the job may still be retried; its end is logged as job.<state>.
+            "attempt.timed_out: %s of session %r exceeded its %s limit (attempt %d)",
             job.id,
             job.session,
             reason,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
@@ -37,7 +37,7 @@ from ._events import EventBus
 from ._json import check_json
 from ._policy import SUCCEED, Ended, Happened, Verdict, decide
 from ._reaper import Reaper
-from ._runner import Runner
+from ._runner import AttemptHook, Runner, around_attempt
 from ._slots import SlotSource, local_slots
 from ._timers import DelayLine, Timers
 
@@ -66,11 +66,14 @@ class Dispatcher:
         bus: EventBus,
         runners: Mapping[str, Runner],
         loop: asyncio.AbstractEventLoop,
+        attempt_hooks: Sequence[AttemptHook] = (),
     ) -> None:
         self.config = config
         self.store = store
         self.bus = bus
         self.runners = runners
+        #: The Laneway's list itself: a hook added later applies to later attempts.
+        self.attempt_hooks = attempt_hooks
         self.loop = loop
         self.timers = Timers(loop)
         self.max_event_bytes = config.max_event_bytes
@@ -175,7 +178,12 @@ class Dispatcher:
             if self.bus.watched:
                 self.bus.publish(event)
             spec = att.job.spec
-            result = await self.runners[spec.isolation].run(att, TurnContext(att))
+            ctx = TurnContext(att)
+            if self.attempt_hooks:
+                with around_attempt(self.attempt_hooks, ctx):
+                    result = await self.runners[spec.isolation].run(att, ctx)
+            else:
+                result = await self.runners[spec.isolation].run(att, ctx)
         except asyncio.CancelledError:
             att.end(Ended.CANCELLED)
         except WorkerLost as exc:
@@ -290,6 +298,7 @@ class Dispatcher:
                     "job_id": job.id,
                     "session": job.session,
                     "reason": reason,
+                    "attempt": attempt,
                     "delay": verdict.delay,
                 },
             )
@@ -329,7 +338,14 @@ class Dispatcher:
                 state.value,
                 job.id,
                 reason,
-                extra={"job_id": job.id, "session": job.session, "reason": reason, "error": error},
+                extra={
+                    "job_id": job.id,
+                    "session": job.session,
+                    "state": state.value,
+                    "reason": reason,
+                    "attempt": job.attempts,
+                    "error": error,
+                },
             )
         if type(write) is Committed:
             self._finished(job, state, reason, error, result, write.value)

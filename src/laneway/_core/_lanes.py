@@ -149,6 +149,15 @@ class LaneTable(Generic[T]):
         for name, cap in self.limits.items():
             yield name, cap, self.active[name], self.queued[name]
 
+    def waiting_heads(self) -> Iterator[T]:
+        """Queued tickets that wait only for shared slots: heads of sessions with room
+        and no retry backoff. Every other queued ticket waits for its own session's
+        turn first, so counting it against a shared lane would overstate that lane."""
+        limit = self.session_limit
+        for lane in self._sessions.values():
+            if lane.queue and lane.active < limit and not lane.held:
+                yield lane.queue[0]
+
     def blocking_lane(self, ticket: T) -> str | None:
         """Which lane keeps ``ticket`` (a queued one) from starting, if any."""
         lane = self._sessions.get(ticket.session)

@@ -37,18 +37,31 @@ def build_snapshot(
         for name in (f"session:{att.job.session}", *att.job.lanes):
             if age > oldest_active.get(name, -1.0):
                 oldest_active[name] = age
-    oldest_queued: dict[str, float] = {}
     lanes: list[LaneStats] = []
     for key, active, queued, head in slots.sessions():
         name = f"session:{key}"
         q_age = None if head is None else now - head.enqueued_at
-        if head is not None and q_age is not None:
-            for lane in head.lanes:
-                if q_age > oldest_queued.get(lane, -1.0):
-                    oldest_queued[lane] = q_age
         lanes.append(LaneStats(name, session_limit, active, queued, oldest_active.get(name), q_age))
+    # A shared lane's queue is the heads that wait only for its slots; jobs behind
+    # their own session's turn are counted apart, or the lane would look starved.
+    waiting: dict[str, int] = {}
+    oldest_queued: dict[str, float] = {}
+    for head in slots.waiting_heads():
+        q_age = now - head.enqueued_at
+        for lane in head.lanes:
+            waiting[lane] = waiting.get(lane, 0) + 1
+            if q_age > oldest_queued.get(lane, -1.0):
+                oldest_queued[lane] = q_age
     shared = [
-        LaneStats(name, cap, active, queued, oldest_active.get(name), oldest_queued.get(name))
+        LaneStats(
+            name,
+            cap,
+            active,
+            waiting.get(name, 0),
+            oldest_active.get(name),
+            oldest_queued.get(name),
+            behind_session=queued - waiting.get(name, 0),
+        )
         for name, cap, active, queued in slots.shared_counts()
     ]
     return Snapshot(

@@ -10,14 +10,23 @@ when that happens (the process runner kills its worker).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from .._errors import ConfigError
 from ._config import Config, Handler
 from ._context import TurnContext, TurnHost
 
-__all__ = ["Runner", "RunnerFactory", "TaskRunner", "register_runner", "runner_factory"]
+__all__ = [
+    "AttemptHook",
+    "Runner",
+    "RunnerFactory",
+    "TaskRunner",
+    "around_attempt",
+    "register_runner",
+    "runner_factory",
+]
 
 
 class Runner(Protocol):
@@ -34,6 +43,19 @@ class Runner(Protocol):
 
 
 RunnerFactory = Callable[[Config], Runner]
+
+#: ``Laneway.add_attempt_hook``: a context manager around each attempt's handler call.
+AttemptHook = Callable[[TurnContext], contextlib.AbstractContextManager[object]]
+
+
+def around_attempt(
+    hooks: Sequence[AttemptHook], ctx: TurnContext
+) -> contextlib.AbstractContextManager[object]:
+    """Every hook entered around one attempt; a hook that fails to enter unwinds the others."""
+    with contextlib.ExitStack() as stack:
+        for hook in list(hooks):
+            stack.enter_context(hook(ctx))
+        return stack.pop_all()
 
 
 class TaskRunner:

@@ -63,7 +63,7 @@ from ._dispatch import Dispatcher
 from ._events import EventBus, Subscription
 from ._json import check_json
 from ._monitor import WaitMonitor, build_snapshot
-from ._runner import Runner, runner_factory
+from ._runner import AttemptHook, Runner, runner_factory
 from ._watchdog import Watchdog
 
 __all__ = ["Job", "Laneway"]
@@ -158,6 +158,7 @@ class Laneway:
         self._handlers: dict[str, HandlerSpec] = {}
         self._runners: dict[str, Runner] = {}
         self._bus = EventBus()
+        self._attempt_hooks: list[AttemptHook] = []
         self._state = _NEW
         self._seq = itertools.count(1)
         self._id_prefix = secrets.token_hex(5)
@@ -263,7 +264,7 @@ class Laneway:
         if self._state != _NEW:
             raise Closed("a Laneway can be started once")
         loop = asyncio.get_running_loop()
-        d = Dispatcher(self.config, self.store, self._bus, self._runners, loop)
+        d = Dispatcher(self.config, self.store, self._bus, self._runners, loop, self._attempt_hooks)
         try:
             unfinished = await self.store.open()
         except LanewayError:
@@ -493,6 +494,17 @@ class Laneway:
         """Call ``fn(event)`` on the loop for every committed event of every session
         (metrics, audit logs). It must be quick and not block. Returns a remover."""
         return self._bus.add_listener(fn)
+
+    def add_attempt_hook(self, hook: AttemptHook) -> Callable[[], None]:
+        """Run every attempt inside ``hook(ctx)``, a context manager entered in the
+        attempt's own task just before the handler is called (after its
+        ``job.started`` event was published) and exited when the handler returns,
+        raises or is cancelled. What it sets in ``contextvars`` (a tracing span, a
+        logging context) is seen by the handler and everything it awaits. A hook
+        must be quick; an exception from entering it fails the attempt like one
+        from the handler. A zombie never exits it. Returns a remover."""
+        self._attempt_hooks.append(hook)
+        return lambda: self._attempt_hooks.remove(hook)
 
     @property
     def discarded_events(self) -> int:

@@ -66,6 +66,9 @@ class SlotSource(Protocol[T]):
     def shared_counts(self) -> Iterator[tuple[str, int, int, int]]:
         """(name, cap, active, queued) of every shared lane."""
 
+    def waiting_heads(self) -> Iterator[T]:
+        """Queued tickets that wait only for shared slots (their session has room)."""
+
     def blocking_lane(self, ticket: T) -> str | None:
         """The lane that keeps a queued ticket from starting, if any."""
 

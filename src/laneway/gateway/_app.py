@@ -7,9 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
+from ._console import install_console
 from ._errors import error_body, install_error_handlers
 from ._gateway import Gateway
 from ._paths import EncodedSlashes
@@ -104,7 +107,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await gateway.close()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from files shipped in a package, not a CDN: /docs works offline.
+    app = FastAPIOffline(
         title="laneway",
         version=__version__,
         description="Per-session FIFO lanes for LLM-agent turns that never wedge.",
@@ -115,5 +119,23 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(router)
     app.include_router(stream_router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, timeout=settings.body_timeout)
+    install_console(app, gateway.activity)
     app.add_middleware(EncodedSlashes)
+    _allow_origins(app, settings.cors_origins)
     return app
+
+
+def _allow_origins(app: FastAPI, origins: list[str]) -> None:
+    """CORS for browser clients on other origins. Credentials travel only in the
+    Authorization header (never cookies), so credentialed CORS stays off."""
+    if not origins:
+        return
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=origins,
+        allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        expose_headers=["Retry-After"],
+        allow_credentials=False,
+        max_age=600,
+    )

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 
 from .. import Laneway, Retry
+from ._activity import Activity
 from ._limits import StreamSlots
 from ._metrics import Metrics
 from ._models import register_model
@@ -22,6 +24,7 @@ class Gateway:
         self.settings = settings
         self.secrets = settings.secret_of()
         self.metrics = Metrics()
+        self.activity = Activity()  # running turns and loop blocks, for the console
         self.handler = ""
         self.closing = asyncio.Event()
         self.streams: set[asyncio.Task[None]] = set()  # WebSocket subscriptions
@@ -53,6 +56,9 @@ class Gateway:
         )
         self.handler = register_model(lw, s)
         self.metrics.watch(lw)
+        self.activity.watch(lw)
+        if _tracing_requested():
+            _trace(lw)
         await lw.start()
         self._lw = lw
         self._monitor = asyncio.get_running_loop().create_task(self._watch_blocks())
@@ -72,6 +78,7 @@ class Gateway:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
+        self.activity.close()
         if self._lw is not None:
             await self._lw.close()
 
@@ -90,3 +97,20 @@ class Gateway:
         while True:
             await asyncio.sleep(0.5)
             self.recently_blocked()
+
+
+def _tracing_requested() -> bool:
+    """Any standard ``OTEL_*`` variable asks for traces (unless the SDK is disabled)."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    return any(name.startswith("OTEL_") for name in os.environ)
+
+
+def _trace(lw: Laneway) -> None:
+    from .._extras import require
+
+    require("otel", "tracing (an OTEL_* variable is set)")
+    from ..otel import configure_from_env, instrument
+
+    configure_from_env()
+    instrument(lw)

@@ -30,7 +30,14 @@ class _SnapshotCollector(Collector):
         jobs.add_metric(["queued"], snap.jobs_queued)
         jobs.add_metric(["running"], snap.jobs_running)
         active = GaugeMetricFamily("laneway_lane_active", "Busy slots per lane", labels=["lane"])
-        queued = GaugeMetricFamily("laneway_lane_queued", "Jobs waiting per lane", labels=["lane"])
+        queued = GaugeMetricFamily(
+            "laneway_lane_queued", "Jobs waiting for the lane's slots", labels=["lane"]
+        )
+        behind = GaugeMetricFamily(
+            "laneway_lane_behind_session",
+            "Jobs that need the shared lane but wait for their own session's turn",
+            labels=["lane"],
+        )
         limit = GaugeMetricFamily("laneway_lane_limit", "Slots per lane", labels=["lane"])
         s_active = s_queued = 0
         for lane in snap.lanes:
@@ -40,6 +47,7 @@ class _SnapshotCollector(Collector):
                 continue
             active.add_metric([lane.name], lane.active)
             queued.add_metric([lane.name], lane.queued)
+            behind.add_metric([lane.name], lane.behind_session)
             limit.add_metric([lane.name], lane.limit)
         # Session lanes are summed: one label per session would be unbounded.
         active.add_metric(["session:*"], s_active)
@@ -56,7 +64,7 @@ class _SnapshotCollector(Collector):
         lag.add_metric([], snap.loop_lag)
         blocks = CounterMetricFamily("laneway_loop_blocks", "Times the event loop was blocked")
         blocks.add_metric([], snap.loop_blocks)
-        yield from (jobs, active, queued, limit, zombies, lag, blocks)
+        yield from (jobs, active, queued, behind, limit, zombies, lag, blocks)
 
 
 class Metrics:

@@ -31,7 +31,7 @@ def register_model(lw: Laneway, settings: Settings) -> str:
 
 #: The demo's own limits, so a newcomer sees /stall and /hang recover in seconds
 #: rather than after the production defaults; explicit settings still win.
-DEMO_LIMITS = {"deadline": 120.0, "idle": 15.0}
+DEMO_LIMITS = {"deadline": 60.0, "idle": 5.0}
 
 
 def _register_demo(lw: Laneway, settings: Settings) -> None:
@@ -47,6 +47,9 @@ def _register_demo(lw: Laneway, settings: Settings) -> None:
 
 
 def _register_openai(lw: Laneway, settings: Settings) -> str:
+    from .._extras import require
+
+    require("openai", "LANEWAY_MODEL=openai")
     from ..handlers.openai import (  # type: ignore[import-not-found,unused-ignore]
         register_openai,
     )
@@ -60,6 +63,8 @@ def _register_openai(lw: Laneway, settings: Settings) -> str:
         model=settings.openai_model,
         api_key=key.get_secret_value() if key is not None else None,
         lanes=("llm",),
+        system_prompt=settings.openai_system_prompt,
+        max_history=settings.openai_history,
     )
     return "openai"
 

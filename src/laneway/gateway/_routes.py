@@ -163,9 +163,14 @@ async def post_message(request: Request, session: SessionKey) -> JSONResponse:
     gw = gateway_of(request)
     who = principal_for(gw.secrets, bearer_secret(request.headers.get("authorization")))
     accepted = await submit(gw, who, session, await read_message(request))
-    return JSONResponse(
-        {"job_id": accepted.job_id, "session": session, "state": accepted.state.value}, 202
-    )
+    body: dict[str, Any] = {
+        "job_id": accepted.job_id,
+        "session": session,
+        "state": accepted.state.value,
+    }
+    if (seq := gw.activity.queued_seq(accepted.job_id)) is not None:
+        body["seq"] = seq  # its job.queued event: follow with ?after=seq-1
+    return JSONResponse(body, 202)
 
 
 @router.post(
@@ -260,6 +265,7 @@ def snapshot_out(snap: Snapshot, who: Principal) -> SnapshotOut:
             queued=lane.queued,
             oldest_active_s=lane.oldest_active_s,
             oldest_queued_s=lane.oldest_queued_s,
+            behind_session=lane.behind_session,
         )
         lanes.append(out)
         if name.startswith("session:"):

@@ -36,6 +36,9 @@ class Accepted(BaseModel):
     job_id: str
     session: str
     state: JobState
+    seq: int | None = Field(
+        default=None, description="seq of the job's job.queued event (new jobs only)", exclude=True
+    )
 
 
 class JobOut(BaseModel):
@@ -72,9 +75,12 @@ class LaneOut(BaseModel):
     name: str
     limit: int
     active: int
-    queued: int
+    queued: int = Field(description="jobs waiting for this lane's slots")
     oldest_active_s: float | None
     oldest_queued_s: float | None
+    behind_session: int = Field(
+        0, description="jobs that need this shared lane but wait for their own session's turn"
+    )
 
 
 class ZombieOut(BaseModel):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import logging
 import socket
 import sys
 from typing import Any
@@ -12,7 +11,8 @@ import uvicorn
 
 from ._app import create_app
 from ._gateway import Gateway
-from ._logging import install_redaction
+from ._logging import configure_logging
+from ._redaction import install_redaction
 from .settings import Settings
 
 __all__ = ["serve"]
@@ -58,11 +58,7 @@ class _Server(uvicorn.Server):
 
 def serve(settings: Settings) -> int:
     """Serve until interrupted; returns the process exit code."""
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level, settings.log_format)
     install_redaction(settings.secret_of())
     app = create_app(settings)
     gateway: Gateway = app.state.gateway
@@ -71,6 +67,7 @@ def serve(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's records go through the handler above, in the same format
         access_log=settings.log_level == "debug",
         lifespan="on",
         timeout_graceful_shutdown=5,

@@ -36,6 +36,7 @@ __all__ = ["Settings", "SettingsError", "load_settings"]
 
 _TOKEN_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _STORE_SCHEMES = ("memory", "sqlite", "postgresql", "postgres")
+_ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
 
 Seconds = Annotated[float | None, Field(gt=0)]
 
@@ -76,6 +77,12 @@ class Settings(BaseSettings):
     cli_resume_arg: str | None = Field(
         None, description="arguments that resume the CLI's session, e.g. '--resume {session_id}'"
     )
+    openai_system_prompt: str | None = Field(
+        None, description="system message sent first on every openai turn"
+    )
+    openai_history: int = Field(
+        50, ge=0, description="earlier messages of the session sent with each openai turn"
+    )
     llm_lane: int = Field(8, ge=1, description="cap of the shared 'llm' lane (turns at once)")
     session_limit: int = Field(1, ge=1, description="turns at once per session")
     deadline: Seconds = Field(900.0, description="hard cap per attempt, seconds")
@@ -106,6 +113,13 @@ class Settings(BaseSettings):
         1_048_576, ge=1, description="largest event data, as JSON (a larger emit fails)"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines: text, or one JSON object per line"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="origins whose pages may call the API, 'https://a.example,https://b.example'",
+    )
 
     @field_validator("tokens", mode="before")
     @classmethod
@@ -133,6 +147,23 @@ class Settings(BaseSettings):
             if raw in secrets:
                 raise ValueError("two tokens share a secret")
             secrets.add(raw)
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: scheme://host[:port], no path (or '*')"
+                )
         return value
 
     @field_validator("store")

@@ -21,6 +21,9 @@ __all__ = ["register_cli", "register_demo", "register_openai"]
 def __getattr__(name: str) -> object:
     # The openai SDK is heavy to import; load it only for users of the openai model.
     if name == "register_openai":
+        from .._extras import require
+
+        require("openai", "the openai model")
         from .openai import register_openai
 
         return register_openai
