@@ -3,6 +3,11 @@
 It follows the same contract as the durable stores (fencing, idempotency,
 exactly one terminal write) so the shared contract suite runs against it;
 everything is lost when the process ends.
+
+Everything it keeps is plain tuples of plain values (a state as its string,
+laneway's own event data as its values): the cyclic collector stops tracking
+such tuples, so the jobs and logs of a long run cost nothing at each full
+collection. Readers get ``JobInfo``s and ``Event``s built from them.
 """
 
 from __future__ import annotations
@@ -18,10 +23,19 @@ __all__ = ["MemoryStore", "job_event_data"]
 
 T = TypeVar("T")
 
-_REQUEUEABLE = frozenset({JobState.FAILED, JobState.TIMED_OUT, JobState.DEAD})
 _KIND = {state: f"job.{state.value}" for state in JobState}
-_QUEUED = JobState.QUEUED
-_Row = tuple[int, str | None, str, Any, float]
+_STATE = {state.value: state for state in JobState}
+_QUEUED, _RUNNING = JobState.QUEUED.value, JobState.RUNNING.value
+_TERMINAL = frozenset(state.value for state in TERMINAL_STATES)
+_REQUEUEABLE = frozenset(s.value for s in (JobState.FAILED, JobState.TIMED_OUT, JobState.DEAD))
+#: An event row: (seq, job_id, kind, data, at), or for laneway's own events
+#: (seq, job_id, kind, keys, at, *values): a dict is tracked, its values are not.
+_Row = tuple[Any, ...]
+#: A job row: ``JobInfo``'s fields in order, the state as its string value.
+_Job = tuple[
+    str, str, str, str, int, str | None, Any, str | None, Any, int, int, str | None, float,
+    float, bool,
+]  # fmt: skip
 
 
 def job_event_data(
@@ -37,25 +51,20 @@ def job_event_data(
     }
 
 
-def _copy(rec: JobInfo) -> JobInfo:
-    """A copy of a record, for readers (positional: this runs per read)."""
+def _info(rec: _Job) -> JobInfo:
+    """The ``JobInfo`` of a job row, for readers (positional: this runs per read)."""
+    jid, session, handler, state, attempts, error, result, reason, *rest = rec
+    payload, priority, lost, key, created_at, updated_at, output = rest
     return JobInfo(
-        rec.id,
-        rec.session,
-        rec.handler,
-        rec.state,
-        rec.attempts,
-        rec.error,
-        rec.result,
-        rec.reason,
-        rec.payload,
-        rec.priority,
-        rec.lost,
-        rec.idempotency_key,
-        rec.created_at,
-        rec.updated_at,
-        rec.output,
-    )
+        jid, session, handler, _STATE[state], attempts, error, result, reason, payload,
+        priority, lost, key, created_at, updated_at, output,
+    )  # fmt: skip
+
+
+def _event(session: str, row: _Row) -> Event:
+    if len(row) == 5:
+        return Event(row[0], session, row[1], row[2], row[3], row[4])
+    return Event(row[0], session, row[1], row[2], dict(zip(row[3], row[5:], strict=True)), row[4])
 
 
 class MemoryStore(Store):
@@ -63,20 +72,18 @@ class MemoryStore(Store):
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
-        #: The records themselves are ``JobInfo``s; readers get copies.
-        self._jobs: dict[str, JobInfo] = {}
+        self._jobs: dict[str, _Job] = {}
         self._keys: dict[tuple[str, str], str] = {}
-        #: Per session, events as plain tuples (seq, job_id, kind, data, at): the
-        #: collector stops tracking tuples of plain values, so a long log costs
-        #: nothing at each full collection. Readers get ``Event``s.
+        #: Per session, its event rows, oldest first.
         self._events: dict[str, list[_Row]] = {}
+        self._layouts: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- life ------------------------------------------------------------------
 
     async def open(self) -> list[JobInfo]:
         self._loop = asyncio.get_running_loop()
-        return [_copy(r) for r in self._jobs.values() if r.state not in TERMINAL_STATES]
+        return [_info(r) for r in self._jobs.values() if r[3] not in _TERMINAL]
 
     async def close(self) -> None:
         self._loop = None
@@ -86,6 +93,7 @@ class MemoryStore(Store):
     def _append(
         self, session: str, job_id: str | None, kind: str, data: Any, now: float | None = None
     ) -> Event:
+        """Append a handler's event (its data kept as given)."""
         log = self._events.get(session)
         if log is None:
             log = self._events[session] = []
@@ -94,9 +102,21 @@ class MemoryStore(Store):
         log.append((seq, job_id, kind, data, at))
         return Event(seq, session, job_id, kind, data, at)
 
-    def _running(self, job_id: str, attempt: int) -> JobInfo | None:
+    def _own(self, session: str, job_id: str, kind: str, data: dict[str, Any], at: float) -> Event:
+        """Append one of laneway's own events: its row keeps the keys (one shared
+        tuple per layout) and the values of ``data``, not the dict."""
+        log = self._events.get(session)
+        if log is None:
+            log = self._events[session] = []
+        keys = tuple(data)
+        keys = self._layouts.setdefault(keys, keys)
+        seq = len(log) + 1
+        log.append((seq, job_id, kind, keys, at, *data.values()))
+        return Event(seq, session, job_id, kind, data, at)
+
+    def _running(self, job_id: str, attempt: int) -> _Job | None:
         rec = self._jobs.get(job_id)
-        if rec is None or rec.state is not JobState.RUNNING or rec.attempts != attempt:
+        if rec is None or rec[3] != _RUNNING or rec[4] != attempt:
             return None
         return rec
 
@@ -115,29 +135,26 @@ class MemoryStore(Store):
         if idempotency_key is not None:
             existing = self._keys.get((session, idempotency_key))
             if existing is not None:
-                return Committed((_copy(self._jobs[existing]), None))
+                return Committed((_info(self._jobs[existing]), None))
             self._keys[(session, idempotency_key)] = job_id
         now = time.time()
-        rec = JobInfo(
+        rec: _Job = (
             job_id, session, handler, _QUEUED, 0, None, None, None, payload, priority, 0,
-            idempotency_key, now, now,
+            idempotency_key, now, now, False,
         )  # fmt: skip
         self._jobs[job_id] = rec
         data = {"handler": handler, "payload": payload}
-        ev = self._append(session, job_id, "job.queued", data, now)
-        # The record itself, not a copy: nothing reads it but the caller, at once.
-        return Committed((rec, ev))
+        ev = self._own(session, job_id, "job.queued", data, now)
+        return Committed((_info(rec), ev))
 
     def start_attempt(self, job_id: str, attempt: int) -> Write[Event | None]:
         rec = self._jobs.get(job_id)
-        if rec is None or rec.state is not JobState.QUEUED or attempt != rec.attempts + 1:
+        if rec is None or rec[3] != _QUEUED or attempt != rec[4] + 1:
             return Committed(None)
-        rec.state = JobState.RUNNING
-        rec.attempts = attempt
-        rec.output = False
-        rec.updated_at = now = time.time()
-        ev = self._append(rec.session, job_id, "job.started", {"attempt": attempt}, now)
-        return Committed(ev)
+        now = time.time()
+        self._jobs[job_id] = (*rec[:3], _RUNNING, attempt, *rec[5:13], now, False)
+        data = {"attempt": attempt}
+        return Committed(self._own(rec[1], job_id, "job.started", data, now))
 
     def append_event(
         self, session: str, job_id: str | None, kind: str, data: Any, *, attempt: int | None
@@ -146,7 +163,8 @@ class MemoryStore(Store):
             rec = self._running(job_id, attempt) if job_id is not None else None
             if rec is None:
                 return Committed(None)
-            rec.output = True
+            if not rec[14]:
+                self._jobs[rec[0]] = (*rec[:14], True)
         return Committed(self._append(session, job_id, kind, data))
 
     def retry(
@@ -162,12 +180,13 @@ class MemoryStore(Store):
         rec = self._running(job_id, attempt)
         if rec is None:
             return Committed(None)
-        rec.state = JobState.QUEUED
-        rec.error, rec.reason = error, reason
-        rec.lost += int(lost)
-        rec.updated_at = time.time()
+        now = time.time()
+        self._jobs[job_id] = (
+            *rec[:3], _QUEUED, rec[4], error, rec[6], reason, *rec[8:10], rec[10] + int(lost),
+            rec[11], rec[12], now, rec[14],
+        )  # fmt: skip
         data = {"attempt": attempt, "reason": reason, "error": error, "delay": delay}
-        return Committed(self._append(rec.session, job_id, "job.retry", data))
+        return Committed(self._own(rec[1], job_id, "job.retry", data, now))
 
     def finish(
         self,
@@ -181,47 +200,42 @@ class MemoryStore(Store):
         lost: bool,
     ) -> Write[Event | None]:
         rec = self._jobs.get(job_id)
-        if rec is None or rec.state in TERMINAL_STATES or rec.attempts != attempt:
+        if rec is None or rec[3] in _TERMINAL or rec[4] != attempt:
             return Committed(None)
-        rec.state = state
-        rec.result, rec.error, rec.reason = result, error, reason
-        rec.lost += int(lost)
-        rec.updated_at = now = time.time()
+        now = time.time()
+        self._jobs[job_id] = (
+            *rec[:3], state.value, attempt, error, result, reason, *rec[8:10], rec[10] + int(lost),
+            rec[11], rec[12], now, rec[14],
+        )  # fmt: skip
         data = job_event_data(state, attempts=attempt, result=result, error=error, reason=reason)
-        return Committed(self._append(rec.session, job_id, _KIND[state], data, now))
+        return Committed(self._own(rec[1], job_id, _KIND[state], data, now))
 
     def requeue(self, job_id: str) -> Write[tuple[JobInfo, Event] | None]:
         rec = self._jobs.get(job_id)
-        if rec is None or rec.state not in _REQUEUEABLE:
+        if rec is None or rec[3] not in _REQUEUEABLE:
             return Committed(None)
-        previous = rec.state
-        rec.state = JobState.QUEUED
-        rec.attempts = rec.lost = 0
-        rec.result = rec.error = rec.reason = None
-        rec.updated_at = time.time()
-        data = {
-            "handler": rec.handler,
-            "payload": rec.payload,
-            "requeued_from": previous.value,
-        }
-        ev = self._append(rec.session, job_id, "job.queued", data)
-        return Committed((_copy(rec), ev))
+        now = time.time()
+        new: _Job = (
+            *rec[:3], _QUEUED, 0, None, None, None, *rec[8:10], 0, rec[11], rec[12], now, rec[14],
+        )  # fmt: skip
+        self._jobs[job_id] = new
+        data = {"handler": rec[2], "payload": rec[8], "requeued_from": rec[3]}
+        ev = self._own(rec[1], job_id, "job.queued", data, now)
+        return Committed((_info(new), ev))
 
     # -- reads -----------------------------------------------------------------
 
     async def get_job(self, job_id: str) -> JobInfo | None:
         rec = self._jobs.get(job_id)
-        return _copy(rec) if rec is not None else None
+        return _info(rec) if rec is not None else None
 
     async def list_jobs(
         self, *, state: JobState | None = None, session: str | None = None, limit: int = 100
     ) -> list[JobInfo]:
         out: list[JobInfo] = []
         for rec in reversed(self._jobs.values()):
-            if (state is None or rec.state is state) and (
-                session is None or rec.session == session
-            ):
-                out.append(_copy(rec))
+            if (state is None or rec[3] == state) and (session is None or rec[1] == session):
+                out.append(_info(rec))
                 if len(out) >= limit:
                     break
         return out
@@ -229,9 +243,9 @@ class MemoryStore(Store):
     async def read_events(self, session: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
         log = self._events.get(session, [])
         start = max(0, after)
-        return [Event(r[0], session, *r[1:]) for r in log[start : start + limit]]
+        return [_event(session, r) for r in log[start : start + limit]]
 
     async def history(self, session: str, *, before: int, limit: int) -> list[Event]:
         log = self._events.get(session, [])
         end = max(0, min(len(log), before - 1))
-        return [Event(r[0], session, *r[1:]) for r in log[max(0, end - limit) : end]]
+        return [_event(session, r) for r in log[max(0, end - limit) : end]]
