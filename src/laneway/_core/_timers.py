@@ -169,7 +169,9 @@ class DelayLine(Generic[T]):
         while items and not live(items[0][1]):
             items.popleft()
             dead -= 1
-        self._dead = dead = max(dead, 0)
+        if dead < 0:  # _fire() skipped some dead items without counting them
+            dead = 0
+        self._dead = dead
         if dead > 256 and dead * 2 > len(items):
             self._items = deque(e for e in items if live(e[1]))
             self._dead = 0

@@ -25,6 +25,7 @@ T = TypeVar("T")
 
 _KIND = {state: f"job.{state.value}" for state in JobState}
 _STATE = {state.value: state for state in JobState}
+_VALUE = {state: state.value for state in JobState}  # the enum's .value is a slow property
 _QUEUED, _RUNNING = JobState.QUEUED.value, JobState.RUNNING.value
 _TERMINAL = frozenset(state.value for state in TERMINAL_STATES)
 _REQUEUEABLE = frozenset(s.value for s in (JobState.FAILED, JobState.TIMED_OUT, JobState.DEAD))
@@ -49,6 +50,16 @@ def job_event_data(
         "result": result,
         "attempts": attempts,
     }
+
+
+#: The keys of laneway's own event data, in the order the writes build them.
+_QUEUED_KEYS = ("handler", "payload")
+_REQUEUED_KEYS = ("handler", "payload", "requeued_from")
+_STARTED_KEYS = ("attempt",)
+_RETRY_KEYS = ("attempt", "reason", "error", "delay")
+_TERMINAL_KEYS = tuple(
+    job_event_data(JobState.SUCCEEDED, attempts=0, result=None, error=None, reason=None)
+)
 
 
 def _info(rec: _Job) -> JobInfo:
@@ -76,7 +87,6 @@ class MemoryStore(Store):
         self._keys: dict[tuple[str, str], str] = {}
         #: Per session, its event rows, oldest first.
         self._events: dict[str, list[_Row]] = {}
-        self._layouts: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- life ------------------------------------------------------------------
@@ -102,14 +112,20 @@ class MemoryStore(Store):
         log.append((seq, job_id, kind, data, at))
         return Event(seq, session, job_id, kind, data, at)
 
-    def _own(self, session: str, job_id: str, kind: str, data: dict[str, Any], at: float) -> Event:
-        """Append one of laneway's own events: its row keeps the keys (one shared
-        tuple per layout) and the values of ``data``, not the dict."""
+    def _own(
+        self,
+        session: str,
+        job_id: str,
+        kind: str,
+        keys: tuple[str, ...],
+        data: dict[str, Any],
+        at: float,
+    ) -> Event:
+        """Append one of laneway's own events: its row keeps ``keys`` (a shared
+        tuple: ``data``'s keys in order) and the values of ``data``, not the dict."""
         log = self._events.get(session)
         if log is None:
             log = self._events[session] = []
-        keys = tuple(data)
-        keys = self._layouts.setdefault(keys, keys)
         seq = len(log) + 1
         log.append((seq, job_id, kind, keys, at, *data.values()))
         return Event(seq, session, job_id, kind, data, at)
@@ -144,8 +160,12 @@ class MemoryStore(Store):
         )  # fmt: skip
         self._jobs[job_id] = rec
         data = {"handler": handler, "payload": payload}
-        ev = self._own(session, job_id, "job.queued", data, now)
-        return Committed((_info(rec), ev))
+        ev = self._own(session, job_id, "job.queued", _QUEUED_KEYS, data, now)
+        info = JobInfo(
+            job_id, session, handler, JobState.QUEUED, 0, None, None, None, payload, priority, 0,
+            idempotency_key, now, now, False,
+        )  # fmt: skip
+        return Committed((info, ev))
 
     def start_attempt(self, job_id: str, attempt: int) -> Write[Event | None]:
         rec = self._jobs.get(job_id)
@@ -154,7 +174,7 @@ class MemoryStore(Store):
         now = time.time()
         self._jobs[job_id] = (*rec[:3], _RUNNING, attempt, *rec[5:13], now, False)
         data = {"attempt": attempt}
-        return Committed(self._own(rec[1], job_id, "job.started", data, now))
+        return Committed(self._own(rec[1], job_id, "job.started", _STARTED_KEYS, data, now))
 
     def append_event(
         self, session: str, job_id: str | None, kind: str, data: Any, *, attempt: int | None
@@ -186,7 +206,7 @@ class MemoryStore(Store):
             rec[11], rec[12], now, rec[14],
         )  # fmt: skip
         data = {"attempt": attempt, "reason": reason, "error": error, "delay": delay}
-        return Committed(self._own(rec[1], job_id, "job.retry", data, now))
+        return Committed(self._own(rec[1], job_id, "job.retry", _RETRY_KEYS, data, now))
 
     def finish(
         self,
@@ -204,11 +224,11 @@ class MemoryStore(Store):
             return Committed(None)
         now = time.time()
         self._jobs[job_id] = (
-            *rec[:3], state.value, attempt, error, result, reason, *rec[8:10], rec[10] + int(lost),
-            rec[11], rec[12], now, rec[14],
+            *rec[:3], _VALUE[state], attempt, error, result, reason, *rec[8:10],
+            rec[10] + int(lost), rec[11], rec[12], now, rec[14],
         )  # fmt: skip
         data = job_event_data(state, attempts=attempt, result=result, error=error, reason=reason)
-        return Committed(self._own(rec[1], job_id, _KIND[state], data, now))
+        return Committed(self._own(rec[1], job_id, _KIND[state], _TERMINAL_KEYS, data, now))
 
     def requeue(self, job_id: str) -> Write[tuple[JobInfo, Event] | None]:
         rec = self._jobs.get(job_id)
@@ -220,7 +240,7 @@ class MemoryStore(Store):
         )  # fmt: skip
         self._jobs[job_id] = new
         data = {"handler": rec[2], "payload": rec[8], "requeued_from": rec[3]}
-        ev = self._own(rec[1], job_id, "job.queued", data, now)
+        ev = self._own(rec[1], job_id, "job.queued", _REQUEUED_KEYS, data, now)
         return Committed((_info(new), ev))
 
     # -- reads -----------------------------------------------------------------
