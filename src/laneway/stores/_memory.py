@@ -32,6 +32,7 @@ _REQUEUEABLE = frozenset(s.value for s in (JobState.FAILED, JobState.TIMED_OUT, 
 #: An event row: (seq, job_id, kind, data, at), or for laneway's own events
 #: (seq, job_id, kind, keys, at, *values): a dict is tracked, its values are not.
 _Row = tuple[Any, ...]
+_SHORT_LOG = 16
 #: A job row: ``JobInfo``'s fields in order, the state as its string value.
 _Job = tuple[
     str, str, str, str, int, str | None, Any, str | None, Any, int, int, str | None, float,
@@ -86,7 +87,9 @@ class MemoryStore(Store):
         self._jobs: dict[str, _Job] = {}
         self._keys: dict[tuple[str, str], str] = {}
         #: Per session, its event rows, oldest first.
-        self._events: dict[str, list[_Row]] = {}
+        #: A short log is a tuple, untracked like its rows (100k quiet sessions
+        #: cost the full collections nothing); past ``_SHORT_LOG`` rows a list.
+        self._events: dict[str, tuple[_Row, ...] | list[_Row]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- life ------------------------------------------------------------------
@@ -104,12 +107,10 @@ class MemoryStore(Store):
         self, session: str, job_id: str | None, kind: str, data: Any, now: float | None = None
     ) -> Event:
         """Append a handler's event (its data kept as given)."""
-        log = self._events.get(session)
-        if log is None:
-            log = self._events[session] = []
         at = now or time.time()
+        log = self._events.get(session, ())
         seq = len(log) + 1
-        log.append((seq, job_id, kind, data, at))
+        self._put(session, log, (seq, job_id, kind, data, at))
         return Event(seq, session, job_id, kind, data, at)
 
     def _own(
@@ -123,12 +124,19 @@ class MemoryStore(Store):
     ) -> Event:
         """Append one of laneway's own events: its row keeps ``keys`` (a shared
         tuple: ``data``'s keys in order) and the values of ``data``, not the dict."""
-        log = self._events.get(session)
-        if log is None:
-            log = self._events[session] = []
+        log = self._events.get(session, ())
         seq = len(log) + 1
-        log.append((seq, job_id, kind, keys, at, *data.values()))
+        self._put(session, log, (seq, job_id, kind, keys, at, *data.values()))
         return Event(seq, session, job_id, kind, data, at)
+
+    def _put(self, session: str, log: tuple[_Row, ...] | list[_Row], row: _Row) -> None:
+        """Append ``row`` to ``log``, the session's log."""
+        if type(log) is list:
+            log.append(row)
+        elif len(log) < _SHORT_LOG:
+            self._events[session] = (*log, row)
+        else:
+            self._events[session] = [*log, row]
 
     def _running(self, job_id: str, attempt: int) -> _Job | None:
         rec = self._jobs.get(job_id)
@@ -261,11 +269,11 @@ class MemoryStore(Store):
         return out
 
     async def read_events(self, session: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
-        log = self._events.get(session, [])
+        log = self._events.get(session, ())
         start = max(0, after)
         return [_event(session, r) for r in log[start : start + limit]]
 
     async def history(self, session: str, *, before: int, limit: int) -> list[Event]:
-        log = self._events.get(session, [])
+        log = self._events.get(session, ())
         end = max(0, min(len(log), before - 1))
         return [_event(session, r) for r in log[max(0, end - limit) : end]]
