@@ -13,7 +13,10 @@ tuple of shared lanes they need), so picking the next ticket costs O(signatures
 * log n) even with 100k sessions blocked behind one full shared lane.
 
 A session lane exists only while it has queued or active tickets; drained
-lanes are forgotten.
+lanes are forgotten. A session whose only ticket is one queued (not held)
+needs no lane object: that ticket is kept "lone", by its key, and gets a lane
+when it starts or a second ticket comes. At 100k sessions with a message each,
+that is 100k fewer objects for every full collection to walk.
 """
 
 from __future__ import annotations
@@ -112,6 +115,9 @@ class LaneTable(Generic[T]):
         self.active: dict[str, int] = dict.fromkeys(shared, 0)
         self.queued: dict[str, int] = dict.fromkeys(shared, 0)
         self._sessions: dict[str, _SessionLane[T]] = {}
+        #: Sessions whose one ticket is queued alone, and that ticket's listed tiebreak.
+        self._lone: dict[str, T] = {}
+        self._lone_listed: dict[str, int] = {}
         self._ready: dict[tuple[str, ...], _Ready] = {}
         self._tiebreak = itertools.count(1)
         self.total_queued = 0
@@ -125,11 +131,13 @@ class LaneTable(Generic[T]):
 
     def __len__(self) -> int:
         """Number of session lanes currently remembered."""
-        return len(self._sessions)
+        return len(self._sessions) + len(self._lone)
 
     def queued_in(self, session: str) -> int:
         lane = self._sessions.get(session)
-        return len(lane) if lane is not None else 0
+        if lane is None:
+            return 1 if session in self._lone else 0
+        return len(lane)
 
     def active_in(self, session: str) -> int:
         lane = self._sessions.get(session)
@@ -137,7 +145,10 @@ class LaneTable(Generic[T]):
 
     def queue_of(self, session: str) -> list[T]:
         lane = self._sessions.get(session)
-        return list(lane) if lane is not None else []
+        if lane is None:
+            lone = self._lone.get(session)
+            return [] if lone is None else [lone]
+        return list(lane)
 
     def is_held(self, session: str) -> bool:
         lane = self._sessions.get(session)
@@ -147,6 +158,8 @@ class LaneTable(Generic[T]):
         """(key, active, queued count, head ticket) for every remembered session lane."""
         for key, lane in self._sessions.items():
             yield key, lane.active, len(lane), lane[0] if lane else None
+        for key, lone in self._lone.items():
+            yield key, 0, 1, lone
 
     def shared_counts(self) -> Iterator[tuple[str, int, int, int]]:
         """(name, cap, active, queued) for every shared lane."""
@@ -157,8 +170,9 @@ class LaneTable(Generic[T]):
         """Which lane keeps ``ticket`` (a queued one) from starting, if any."""
         lane = self._sessions.get(ticket.session)
         if lane is None:
-            return None
-        if lane.active >= self.session_limit or lane.held or lane[0] is not ticket:
+            if self._lone.get(ticket.session) is not ticket:
+                return None
+        elif lane.active >= self.session_limit or lane.held or lane[0] is not ticket:
             return f"session:{ticket.session}"
         for name in ticket.lanes:
             if self.active[name] >= self.limits[name]:
@@ -172,13 +186,18 @@ class LaneTable(Generic[T]):
 
         ``held`` keeps a head ticket from starting until ``unhold()``.
         """
-        lane = self._sessions.get(ticket.session)
-        if lane is None:
-            lane = self._sessions[ticket.session] = _SessionLane(ticket.session)
+        key = ticket.session
         queued = self.queued
         for name in ticket.lanes:
             queued[name] += 1
         self.total_queued += 1
+        lane = self._sessions.get(key)
+        if lane is None:
+            if not held and key not in self._lone:
+                self._lone[key] = ticket
+                self._lone_listed[key] = self._push(ticket, key)
+                return
+            lane = self._lane(key)
         if front:
             self._unlist(lane)  # the head changes
             lane.appendleft(ticket)
@@ -203,7 +222,7 @@ class LaneTable(Generic[T]):
         """Take a queued ticket out (cancel, queue_wait expiry). False if not queued."""
         lane = self._sessions.get(ticket.session)
         if lane is None:
-            return False
+            return self._remove_lone(ticket)
         was_head = bool(lane) and lane[0] is ticket
         try:
             lane.remove(ticket)
@@ -228,9 +247,15 @@ class LaneTable(Generic[T]):
         if best is None:
             self._maybe_ready = False
             return None
-        lane = self._sessions[best.pop()[3]]
-        ticket = lane.popleft()
-        lane.listed = 0
+        key = best.pop()[3]
+        lane = self._sessions.get(key)
+        if lane is None:  # a lone ticket: it gets its lane now, to count it active
+            ticket = self._lone.pop(key)
+            del self._lone_listed[key]
+            lane = self._sessions[key] = _SessionLane(key)
+        else:
+            ticket = lane.popleft()
+            lane.listed = 0
         lane.active += 1
         active, queued, limits = self.active, self.queued, self.limits
         room = True
@@ -283,21 +308,21 @@ class LaneTable(Generic[T]):
 
     def _live(self, entry: _HeapEntry) -> bool:
         lane = self._sessions.get(entry[3])
-        return (
-            lane is not None
-            and lane.listed == entry[2]
-            and lane.active < self.session_limit
-            and not lane.held
-        )
+        if lane is None:
+            return self._lone_listed.get(entry[3]) == entry[2]
+        return lane.listed == entry[2] and lane.active < self.session_limit and not lane.held
 
     def _prune(self, ready: _Ready) -> _HeapEntry | None:
         """Drop stale entries from the front; the oldest eligible one, if any."""
-        sessions, limit = self._sessions, self.session_limit
+        sessions, limit, lone = self._sessions, self.session_limit, self._lone_listed
         fifo, heap = ready.fifo, ready.heap
         while fifo or heap:
             first = (heap[0] if heap and heap[0] < fifo[0] else fifo[0]) if fifo else heap[0]
             lane = sessions.get(first[3])
-            if lane is not None and lane.listed == first[2]:
+            if lane is None:
+                if lone.get(first[3]) == first[2]:
+                    return first  # a lone ticket is its session's head, never held
+            elif lane.listed == first[2]:
                 if lane.active < limit and not lane.held:
                     return first
                 lane.listed = 0
@@ -307,22 +332,47 @@ class LaneTable(Generic[T]):
     def _list(self, lane: _SessionLane[T]) -> None:
         if not lane or lane.listed or lane.active >= self.session_limit or lane.held:
             return
-        head = lane[0]
+        lane.listed = self._push(lane[0], lane.key)
+
+    def _push(self, head: T, key: str) -> int:
+        """List ``head`` as its session's ready head; the tiebreak of its entry."""
         sig = head.lanes
         ready = self._ready.get(sig)
         if ready is None:
             ready = self._ready[sig] = _Ready()
         order = head.order
         tiebreak = next(self._tiebreak)
-        ready.push((order[0], order[1], tiebreak, lane.key))
-        lane.listed = tiebreak
+        ready.push((order[0], order[1], tiebreak, key))
         if not self._maybe_ready:
             # Only a head whose shared lanes have room can start now.
             active, limits = self.active, self.limits
             for name in sig:
                 if active[name] >= limits[name]:
-                    return
+                    return tiebreak
             self._maybe_ready = True
+        return tiebreak
+
+    def _lane(self, key: str) -> _SessionLane[T]:
+        """A new lane for ``key``, holding its lone ticket (still listed) if it had one."""
+        lane = self._sessions[key] = _SessionLane(key)
+        lone = self._lone.pop(key, None)
+        if lone is not None:
+            lane.append(lone)
+            lane.listed = self._lone_listed.pop(key)
+        return lane
+
+    def _remove_lone(self, ticket: T) -> bool:
+        key = ticket.session
+        if self._lone.get(key) is not ticket:
+            return False
+        del self._lone[key], self._lone_listed[key]
+        for name in ticket.lanes:
+            self.queued[name] -= 1
+        self.total_queued -= 1
+        self._stale += 1
+        if self._stale > 1024 and self._stale > self.total_queued:
+            self._compact()
+        return True
 
     def _unlist(self, lane: _SessionLane[T]) -> None:
         """The head's entry (if any) goes stale: the head changes or leaves."""
