@@ -48,7 +48,8 @@ class _SessionLane(deque[T], Generic[T]):
     __slots__ = ("active", "held", "key", "listed")
 
     def __init__(self, key: str) -> None:
-        super().__init__()
+        # No deque.__init__: deque.__new__ already made it empty and unbounded,
+        # and a lane is made per job that starts at 100k sessions.
         self.key = key
         self.active = 0
         self.held = False  # the head waits out a retry backoff
