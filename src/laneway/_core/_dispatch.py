@@ -97,12 +97,14 @@ class Dispatcher:
 
     def check_room(self, session: str) -> None:
         """Raise ``Overloaded`` unless ``session`` may queue one more job."""
+        config = self.config
+        total = self.slots.total_queued + self._admitting_total
+        if total >= config.max_queued:
+            raise Overloaded(f"{config.max_queued} jobs are queued (max_queued)", retry_after=1.0)
+        if total < config.max_queued_per_session:
+            return  # no session has more queued than all of them together
         pending = self._admitting.get(session, 0)
-        if self.slots.total_queued + self._admitting_total >= self.config.max_queued:
-            raise Overloaded(
-                f"{self.config.max_queued} jobs are queued (max_queued)", retry_after=1.0
-            )
-        if self.slots.queued_in(session) + pending >= self.config.max_queued_per_session:
+        if self.slots.queued_in(session) + pending >= config.max_queued_per_session:
             raise Overloaded(
                 f"session {session!r} has {self.config.max_queued_per_session} jobs queued "
                 "(max_queued_per_session)",
@@ -220,7 +222,10 @@ class Dispatcher:
                 check_json(result, "the handler's result")
             except LanewayError as exc:
                 ended, error = Ended.RAISED, exc
-        verdict = decide(_happened(att, ended, error), job.spec.rules)
+        if ended is Ended.RETURNED and att.reason is None:
+            verdict = SUCCEED  # what decide() says to this, without building its record
+        else:
+            verdict = decide(_happened(att, ended, error), job.spec.rules)
         if verdict is SUCCEED:
             self._terminal(job, JobState.SUCCEEDED, result=result)
         else:

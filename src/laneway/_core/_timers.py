@@ -161,10 +161,19 @@ class DelayLine(Generic[T]):
             self._entry = self._timers.call_at(due, self._fire)
 
     def dropped(self) -> None:
-        self._dead += 1
-        if self._dead > 256 and self._dead * 2 > len(self._items):
-            live = self._live
-            self._items = deque(e for e in self._items if live(e[1]))
+        # Items mostly go dead in push order: popping dead ones off the front
+        # frees them at once (an item kept until it falls due would outlive
+        # the young collections and be walked by every full one).
+        items, live = self._items, self._live
+        dead = self._dead + 1
+        while items and not live(items[0][1]):
+            items.popleft()
+            dead -= 1
+        if dead < 0:  # _fire() skipped some dead items without counting them
+            dead = 0
+        self._dead = dead
+        if dead > 256 and dead * 2 > len(items):
+            self._items = deque(e for e in items if live(e[1]))
             self._dead = 0
 
     def _fire(self) -> None:
