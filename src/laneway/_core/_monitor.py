@@ -50,6 +50,8 @@ def build_snapshot(
     shared = [
         LaneStats(name, cap, active, queued, oldest_active.get(name), oldest_queued.get(name))
         for name, cap, active, queued in slots.shared_counts()
+        # laneway's own lanes (crash suspects) are listed only while in use.
+        if active or queued or not name.startswith("laneway:")
     ]
     return Snapshot(
         lanes=shared + lanes,

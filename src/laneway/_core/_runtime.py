@@ -135,6 +135,7 @@ class Laneway:
         wait_warn: float = 60.0,
         sync_workers: int = 32,
         process_pool: ProcessPool | None = None,
+        shutdown_grace: float = 30.0,
     ) -> None:
         self.config: Config = make_config(
             lanes=lanes,
@@ -149,6 +150,7 @@ class Laneway:
             wait_warn=wait_warn,
             sync_workers=sync_workers,
             process_pool=process_pool,
+            shutdown_grace=shutdown_grace,
         )
         self.store: Store = open_store(store) if isinstance(store, str) else store
         if not isinstance(self.store, Store):
@@ -164,6 +166,8 @@ class Laneway:
         self._monitor = WaitMonitor(self.config.wait_warn, self.config.session_limit)
         self._maintaining = False
         self._closers: list[Callable[[], Awaitable[object]]] = []
+        self._hurry = asyncio.Event()
+        self._closed = asyncio.Event()
 
     # -- configuration -----------------------------------------------------------
 
@@ -280,9 +284,18 @@ class Laneway:
             d.timers.call_at(loop.time() + self.store.maintain_interval, self._maintain)
         d.pump()
 
-    async def close(self, *, grace: float = 0.0) -> None:
-        """Stop accepting work; give running turns ``grace`` seconds, then cancel
-        them (reason ``shutdown``; they go back to the queue of a durable store)."""
+    async def close(self, *, grace: float | None = None) -> None:
+        """Stop accepting work (``submit`` raises ``Closed``); give running turns
+        ``grace`` seconds (default ``shutdown_grace``), then cancel them with
+        reason ``shutdown``. A turn that emitted nothing goes back to its
+        session's head, not counted as an attempt (it runs after a restart of a
+        durable store); a turn with output ends ``failed`` (reason ``shutdown``)
+        unless ``retry_after_output``. A second ``close()`` or ``drain_now()``
+        during the grace ends it at once."""
+        if self._state == _CLOSING:
+            self.drain_now()
+            await self._closed.wait()
+            return
         if self._state != _RUNNING:
             if self._state == _NEW:
                 self._state = _CLOSED
@@ -290,7 +303,7 @@ class Laneway:
         d = self._live()
         self._state = _CLOSING
         d.accepting = False
-        await _drain(d, grace)
+        await _drain(d, self.config.shutdown_grace if grace is None else grace, self._hurry)
         await _settle(d)
         d.shutdown()
         if self._watchdog is not None:
@@ -308,6 +321,17 @@ class Laneway:
             with contextlib.suppress(Exception):
                 await closer()
         self._state = _CLOSED
+        self._closed.set()
+
+    def drain_now(self) -> None:
+        """End a ``close()``'s grace at once (a second SIGTERM): running turns are
+        cancelled with reason ``shutdown`` under the same rules."""
+        self._hurry.set()
+
+    @property
+    def closing(self) -> bool:
+        """``close()`` has begun: readiness fails and submits are refused."""
+        return self._state in (_CLOSING, _CLOSED)
 
     async def join(self) -> None:
         """Wait until no job is queued or running."""
@@ -548,15 +572,29 @@ class Laneway:
         return self._dispatch
 
 
-async def _drain(d: Dispatcher, grace: float) -> None:
-    """Let running turns finish for ``grace`` seconds, then cancel them (``shutdown``)."""
-    if grace > 0 and d.running:
-        await asyncio.wait([a.ended_future(d.loop) for a in d.running.values()], timeout=grace)
+async def _drain(d: Dispatcher, grace: float, hurry: asyncio.Event) -> None:
+    """Let running turns finish for ``grace`` seconds (or until ``hurry``), then
+    cancel them (``shutdown``)."""
+    if grace > 0 and d.running and not hurry.is_set():
+        ended = [a.ended_future(d.loop) for a in d.running.values()]
+        ends = asyncio.ensure_future(_all_done(ended))
+        hurried: asyncio.Future[Any] = asyncio.ensure_future(hurry.wait())
+        waits: list[asyncio.Future[Any]] = [ends, hurried]
+        try:
+            await asyncio.wait(waits, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hurried.cancel()
+            ends.cancel()
     pending = [a.ended_future(d.loop) for a in d.running.values()]
     for att in list(d.running.values()):
         att.cancel(Reason.SHUTDOWN)
     if pending:
         await asyncio.wait(pending)
+
+
+async def _all_done(futs: list[asyncio.Future[None]]) -> None:
+    for fut in futs:
+        await fut
 
 
 async def _settle(d: Dispatcher) -> None:

@@ -24,6 +24,16 @@ _QUEUED = JobState.QUEUED
 _Row = tuple[int, str | None, str, Any, float]
 
 
+def retry_event_data(
+    attempt: int, reason: str, error: str | None, delay: float, counts_attempt: bool
+) -> dict[str, Any]:
+    """The data of a ``job.retry`` event (the same in every store)."""
+    data: dict[str, Any] = {"attempt": attempt, "reason": reason, "error": error, "delay": delay}
+    if not counts_attempt:
+        data["counted"] = False
+    return data
+
+
 def job_event_data(
     state: JobState, *, attempts: int, result: Any, error: str | None, reason: str | None
 ) -> dict[str, Any]:
@@ -158,6 +168,7 @@ class MemoryStore(Store):
         reason: str,
         lost: bool,
         delay: float,
+        counts_attempt: bool = True,
     ) -> Write[Event | None]:
         rec = self._running(job_id, attempt)
         if rec is None:
@@ -166,7 +177,9 @@ class MemoryStore(Store):
         rec.error, rec.reason = error, reason
         rec.lost += int(lost)
         rec.updated_at = time.time()
-        data = {"attempt": attempt, "reason": reason, "error": error, "delay": delay}
+        data = retry_event_data(attempt, reason, error, delay, counts_attempt)
+        if not counts_attempt:
+            rec.attempts = attempt - 1
         return Committed(self._append(rec.session, job_id, "job.retry", data))
 
     def finish(

@@ -263,8 +263,10 @@ class SQLiteStore(Store):
         reason: str,
         lost: bool,
         delay: float,
+        counts_attempt: bool = True,
     ) -> asyncio.Future[Event | None]:
-        return self._write(Writer.retry, (job_id, attempt, error, reason, lost, delay))
+        args = (job_id, attempt, error, reason, lost, delay, counts_attempt)
+        return self._write(Writer.retry, args)
 
     def finish(
         self,

@@ -30,7 +30,7 @@ from typing import Any
 
 from .._errors import StoreError
 from .._types import Event, JobInfo, JobState
-from ._memory import job_event_data
+from ._memory import job_event_data, retry_event_data
 
 __all__ = ["JOB_COLUMNS", "Writer", "job_info", "store_error"]
 
@@ -572,15 +572,24 @@ class Writer:
         return self._event(session, job_id, kind, data, encoded)
 
     def retry(
-        self, job_id: str, attempt: int, error: str | None, reason: str, lost: bool, delay: float
+        self,
+        job_id: str,
+        attempt: int,
+        error: str | None,
+        reason: str,
+        lost: bool,
+        delay: float,
+        counts_attempt: bool,
     ) -> Event | None:
         rec = self._running(job_id, attempt)
         if rec is None:
             return None
         rec.state, rec.error, rec.reason = "queued", error, reason
         rec.lost += int(lost)
+        if not counts_attempt:
+            rec.attempts = attempt - 1
         self._touch(rec, time.time())
-        data = {"attempt": attempt, "reason": reason, "error": error, "delay": delay}
+        data = retry_event_data(attempt, reason, error, delay, counts_attempt)
         return self._event(rec.session, job_id, "job.retry", data, _encode(data))
 
     def finish(
