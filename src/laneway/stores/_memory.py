@@ -24,6 +24,21 @@ _QUEUED = JobState.QUEUED
 _Row = tuple[int, str | None, str, Any, float]
 
 
+def requeued_event_data(
+    handler: str, payload: Any, previous: str, attempts: int, lost: int
+) -> dict[str, Any]:
+    """The data of ``job.requeued``, which opens a new run of a job: the run it
+    closes said how it ended, with how many attempts and losses (the new run
+    counts from 0)."""
+    return {
+        "handler": handler,
+        "payload": payload,
+        "requeued_from": str(previous),
+        "attempts": attempts,
+        "lost": lost,
+    }
+
+
 def retry_event_data(
     attempt: int, reason: str, error: str | None, delay: float, counts_attempt: bool
 ) -> dict[str, Any]:
@@ -207,17 +222,12 @@ class MemoryStore(Store):
         rec = self._jobs.get(job_id)
         if rec is None or rec.state not in _REQUEUEABLE:
             return Committed(None)
-        previous = rec.state
+        data = requeued_event_data(rec.handler, rec.payload, rec.state, rec.attempts, rec.lost)
         rec.state = JobState.QUEUED
         rec.attempts = rec.lost = 0
         rec.result = rec.error = rec.reason = None
         rec.updated_at = time.time()
-        data = {
-            "handler": rec.handler,
-            "payload": rec.payload,
-            "requeued_from": previous.value,
-        }
-        ev = self._append(rec.session, job_id, "job.queued", data)
+        ev = self._append(rec.session, job_id, "job.requeued", data)
         return Committed((_copy(rec), ev))
 
     # -- reads -----------------------------------------------------------------

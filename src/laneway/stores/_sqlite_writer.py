@@ -30,7 +30,7 @@ from typing import Any
 
 from .._errors import StoreError
 from .._types import Event, JobInfo, JobState
-from ._memory import job_event_data, retry_event_data
+from ._memory import job_event_data, requeued_event_data, retry_event_data
 
 __all__ = ["JOB_COLUMNS", "Writer", "job_info", "store_error"]
 
@@ -624,7 +624,7 @@ class Writer:
         if row is None or row[3] not in _REQUEUEABLE:
             return None
         rec = _Live.from_row(row)
-        previous = rec.state
+        previous, attempts, lost = rec.state, rec.attempts, rec.lost
         rec.state, rec.attempts, rec.lost = "queued", 0, 0
         rec.result, rec.error, rec.reason = "null", None, None
         self._touch(rec, time.time())
@@ -639,8 +639,8 @@ class Writer:
             reason=None,
             updated_at=rec.updated_at,
         )
-        data = {"handler": rec.handler, "payload": info.payload, "requeued_from": previous}
-        return info, self._event(rec.session, job_id, "job.queued", data, _encode(data))
+        data = requeued_event_data(rec.handler, info.payload, previous, attempts, lost)
+        return info, self._event(rec.session, job_id, "job.requeued", data, _encode(data))
 
     # -- upkeep (writer thread) ---------------------------------------------------
 
