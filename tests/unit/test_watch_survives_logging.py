@@ -26,7 +26,7 @@ async def test_the_watchdog_keeps_counting_blocks_when_a_log_handler_raises() ->
     try:
         async with Laneway(watchdog_threshold=0.2) as lw:
             for _ in range(2):
-                time.sleep(0.8)  # noqa: ASYNC251 - blocking the loop is the point
+                time.sleep(0.8)
                 await asyncio.sleep(0.5)
             assert lw.loop_health()[1] == 2
     finally:
