@@ -182,7 +182,6 @@ class Dispatcher:
             result = await self.runners[spec.isolation].run(att, TurnContext(att))
         except asyncio.CancelledError as exc:
             self._cancelled(att, exc)
-            raise
         except WorkerLost as exc:
             att.end(Ended.LOST, error=exc)
         except Exception as exc:
