@@ -163,7 +163,7 @@ class _ReplyPrinter:
         elif kind == "job.retry":
             err.print(f"\n[yellow]retrying[/yellow] ({data.get('reason')})", highlight=False)
             self.streamed = False
-        elif kind.startswith("job.") and kind not in ("job.queued", "job.started"):
+        elif kind.startswith("job.") and kind not in ("job.queued", "job.started", "job.requeued"):
             if self.streamed:
                 sys.stdout.write("\n")
             sys.stdout.flush()

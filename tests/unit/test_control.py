@@ -156,7 +156,7 @@ async def test_requeue_sends_failed_and_timed_out_jobs_to_the_tail(
         "job.queued",
         "job.started",
         "job.failed",
-        "job.queued",
+        "job.requeued",  # opens the second run: one terminal event per run
         "job.started",
         "job.succeeded",
     ]
