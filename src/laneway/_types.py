@@ -140,6 +140,8 @@ class Reason(enum.StrEnum):
     STOPPED = "stopped"
     LOST = "lost"
     SHUTDOWN = "shutdown"
+    #: Given back after a crash it was not blamed for; it now runs alone among suspects.
+    SUSPECT = "suspect"
 
 
 class JobState(enum.StrEnum):

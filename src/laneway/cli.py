@@ -112,16 +112,20 @@ def serve(
     config: Annotated[
         Path | None, typer.Option(help="settings file (default ./laneway.toml)")
     ] = None,
+    log_level: Annotated[
+        str | None, typer.Option("--log-level", help="debug, info, warning, error")
+    ] = None,
 ) -> None:
     """Run the gateway (embedded defaults: sqlite:///laneway.db, the demo model)."""
     from .gateway import SettingsError, load_settings
     from .gateway._serve import EXIT_BAD_CONFIG
     from .gateway._serve import serve as run
+    from .gateway._startup import fail
 
     try:
-        settings = load_settings(config, host=host, port=port, store=store)
+        settings = load_settings(config, host=host, port=port, store=store, log_level=log_level)
     except SettingsError as exc:
-        _fail(str(exc), EXIT_BAD_CONFIG)
+        raise typer.Exit(fail(str(exc), EXIT_BAD_CONFIG)) from None
     raise typer.Exit(run(settings))
 
 
@@ -205,7 +209,7 @@ class _ReplyPrinter:
         elif kind == "job.retry":
             err.print(f"\n[yellow]retrying[/yellow] ({data.get('reason')})", highlight=False)
             self.streamed = False
-        elif kind.startswith("job.") and kind not in ("job.queued", "job.started"):
+        elif kind.startswith("job.") and kind not in ("job.queued", "job.started", "job.requeued"):
             return self._end(kind, data, quiet)
         return None
 

@@ -170,7 +170,9 @@ def poison_crash_loop(tmp_path: Path) -> None:
             break
         assert code == -signal.SIGKILL
         deaths += 1
-    assert deaths == 3
+    # Three crashes of its own; one more if it had company at the first (then
+    # nobody was blamed and it ran alone among suspects from there on).
+    assert deaths in (3, 4)
 
     jobs = submitted(log)
     poison = jobs.pop(("poison", 0))

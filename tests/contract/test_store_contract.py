@@ -241,8 +241,15 @@ async def test_requeue_sends_a_failed_job_back(store: Store, state: JobState) ->
         0,
         None,
     )
-    assert event.kind == "job.queued"
-    assert event.data == {"handler": "h", "payload": None, "requeued_from": state.value}
+    # A new run of the same job: the run it closes is summed up, not reset silently.
+    assert event.kind == "job.requeued"
+    assert event.data == {
+        "handler": "h",
+        "payload": None,
+        "requeued_from": state.value,
+        "attempts": 1,
+        "lost": int(lost),
+    }
     assert await store.start_attempt(info.id, 1) is not None
 
 

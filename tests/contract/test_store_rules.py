@@ -114,7 +114,10 @@ async def test_requeue_follows_the_rulebook(store: Store, situation: str) -> Non
     else:
         info, event = done
         assert info.state is after.state is JobState.QUEUED
-        assert event.data == rules.requeued_data("h", None, before.state)
+        assert event.kind == rules.REQUEUED_KIND  # a new run opens; the old one ended
+        assert event.data == rules.requeued_data(
+            "h", None, before.state, before.attempts, before.lost
+        )
 
 
 async def test_a_zombie_cannot_end_a_job_twice(store: Store) -> None:

@@ -221,6 +221,7 @@ def is_terminal(event: dict[str, Any]) -> bool:
         "job.queued",
         "job.started",
         "job.retry",
+        "job.requeued",
     )
 
 

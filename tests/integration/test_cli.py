@@ -87,7 +87,10 @@ def wait_until_queued(client: httpx.Client, session: str) -> None:
 
 
 def _sqlite_server(port: int, db: Path) -> LiveServer:
-    return start_server("--port", str(port), LANEWAY_STORE=f"sqlite:///{db}")
+    # No drain: a restart here cuts the running turn at once (it goes back to its head).
+    return start_server(
+        "--port", str(port), LANEWAY_STORE=f"sqlite:///{db}", LANEWAY_SHUTDOWN_GRACE="0"
+    )
 
 
 @pytest.mark.slow

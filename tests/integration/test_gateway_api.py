@@ -100,7 +100,7 @@ def test_failed_job_is_listed_and_can_be_requeued(server: LiveServer) -> None:
         assert resp.status_code == 200
         assert resp.json() == {"job_id": job, "session": s, "state": "queued"}
         events = read_events(client, s, until_job=job, after=3)
-        assert events[0]["kind"] == "job.queued"
+        assert events[0]["kind"] == "job.requeued"  # a new run of the same job
         assert events[-1]["kind"] == "job.failed"  # it crashes again, on purpose
 
         ok = post(client, s, "fine").json()["job_id"]

@@ -156,7 +156,7 @@ async def test_requeue_sends_failed_and_timed_out_jobs_to_the_tail(
         "job.queued",
         "job.started",
         "job.failed",
-        "job.queued",
+        "job.requeued",  # opens the second run: one terminal event per run
         "job.started",
         "job.succeeded",
     ]
@@ -192,7 +192,7 @@ async def test_close_while_turns_run_returns_within_the_grace_and_keeps_the_jobs
     waiter = asyncio.ensure_future(running.wait())
     await asyncio.sleep(1)  # the waiter is waiting
     t0 = now()
-    await lw.close()
+    await lw.close(grace=0)
     assert now() - t0 == pytest.approx(5, abs=0.01)
     with pytest.raises(Closed):
         await waiter
@@ -211,7 +211,8 @@ async def test_close_while_turns_run_returns_within_the_grace_and_keeps_the_jobs
     await successor.join()
     resumed = [await info(successor, j.id) for j in (running, queued)]
     assert [(i.state, i.attempts) for i in resumed] == [
-        (JobState.SUCCEEDED, 2),
+        # The attempt the shutdown interrupted (no output) was given back, not counted.
+        (JobState.SUCCEEDED, 1),
         (JobState.SUCCEEDED, 1),
     ]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from laneway import JobState, Reason, Retry
-from laneway._core._policy import Ended, Happened, Rules, Verdict, decide
+from laneway._core._policy import Ended, Happened, Rules, Verdict, blame, decide
 
 RULES = Rules(
     Retry(max_attempts=3, backoff=2.0, max_backoff=60.0), poison_after=3, jitter=lambda: 0.5
@@ -85,3 +85,64 @@ def test_losses_count_toward_poison_and_recovery_retries_at_once() -> None:
     assert (dead.state, dead.reason, dead.lost) == (JobState.DEAD, Reason.LOST, True)
     spent = decide(happened(Ended.LOST, attempts=3, lost=1), RULES)
     assert (spent.state, spent.lost) == (JobState.FAILED, True)
+
+
+# -- endings laneway did not decide ------------------------------------------------
+
+
+def test_a_shutdown_gives_back_a_turn_without_output_uncounted() -> None:
+    verdict = decide(happened(Ended.CANCELLED, Reason.SHUTDOWN, no_retry=True), RULES)
+    assert (verdict.state, verdict.reason, verdict.counts_attempt) == (
+        JobState.QUEUED,
+        Reason.SHUTDOWN,
+        False,
+    )
+    assert verdict.delay == 0.0
+    # Even with no attempt left: an interrupted attempt is not one of its attempts.
+    assert decide(happened(Ended.CANCELLED, Reason.SHUTDOWN, attempts=3), RULES).state is (
+        JobState.QUEUED
+    )
+
+
+def test_a_shutdown_never_replays_output_unless_allowed() -> None:
+    ended = happened(Ended.CANCELLED, Reason.SHUTDOWN, output=True)
+    assert decide(ended, RULES)[:2] == (JobState.FAILED, Reason.SHUTDOWN)
+    replay = Rules(Retry(retry_after_output=True), poison_after=3)
+    assert decide(ended, replay)[:2] == (JobState.QUEUED, Reason.SHUTDOWN)
+
+
+def test_a_cancellation_laneway_did_not_issue_is_a_shutdown_not_a_stop() -> None:
+    verdict = decide(happened(Ended.TORN_DOWN), RULES)
+    assert (verdict.state, verdict.reason, verdict.counts_attempt) == (
+        JobState.QUEUED,
+        Reason.SHUTDOWN,
+        False,
+    )
+    assert decide(happened(Ended.TORN_DOWN, output=True), RULES).state is JobState.FAILED
+    # A cancellation laneway issued is still a stop.
+    assert decide(happened(Ended.CANCELLED), RULES).state is JobState.CANCELLED
+
+
+def test_blame_falls_on_an_attempt_alone_or_on_the_one_suspect_among_many() -> None:
+    assert blame([]) is None
+    assert blame([("a", False)]) == "a"
+    assert blame([("a", False), ("b", False)]) is None
+    assert blame([("a", False), ("s", True), ("b", False)]) == "s"
+    assert blame([("s", True), ("t", True)]) is None
+
+
+def test_a_crash_bystander_is_a_suspect_given_back_uncounted_never_dead() -> None:
+    last_chance = Happened(
+        Ended.LOST, None, "WorkerLost", "died", False, 3, 2, recovered=True, blamed=False
+    )
+    verdict = decide(last_chance, RULES)
+    assert (verdict.state, verdict.reason, verdict.lost, verdict.counts_attempt) == (
+        JobState.QUEUED,
+        Reason.SUSPECT,
+        False,
+        False,
+    )
+    streamed = last_chance._replace(output=True)
+    assert decide(streamed, RULES)[:2] == (JobState.FAILED, Reason.LOST)
+    culprit = last_chance._replace(blamed=True)
+    assert decide(culprit, RULES)[:2] == (JobState.DEAD, Reason.LOST)

@@ -62,7 +62,8 @@ PLAN: dict[str, list[tuple[str, str | None, JobState, str | None, int, int]]] = 
     "ok": [("work", "ok", JobState.SUCCEEDED, None, 1, 0)],
     "raise": [("work", "raise", JobState.FAILED, "ValueError", 3, 2)],
     "flaky": [("work", "flaky", JobState.SUCCEEDED, None, 3, 2)],
-    "bad result": [("work", "bad result", JobState.FAILED, "InvalidPayload", 3, 2)],
+    # Never retried: the handler ran and had its effects; only its result was refused.
+    "bad result": [("work", "bad result", JobState.FAILED, "InvalidPayload", 1, 0)],
     "deadline": [("work", "hang", JobState.TIMED_OUT, "deadline", 3, 2)],
     "zombie": [("work", "stubborn", JobState.TIMED_OUT, "deadline", 3, 2)],
     "queue_wait": [

@@ -35,6 +35,7 @@ class JobRecord:
     __slots__ = (
         "attempts",
         "enqueued_at",
+        "fallback",
         "handler",
         "id",
         "lanes",
@@ -47,6 +48,7 @@ class JobRecord:
         "session",
         "spec",
         "state",
+        "suspect",
         "waiters",
     )
 
@@ -68,6 +70,10 @@ class JobRecord:
         self.queue_timer: TimerEntry | None = None
         self.retry_timer: TimerEntry | None = None
         self.waiters: list[asyncio.Future[Outcome]] | None = None
+        #: Its terminal write was refused once and replaced by ``failed``.
+        self.fallback = False
+        #: In flight at a crash and not cleared since: runs alone among suspects.
+        self.suspect = False
 
 
 class AttemptOwner(Protocol):

@@ -101,6 +101,8 @@ class Config:
     sync_workers: int
     process_pool: ProcessPool | None
     max_event_bytes: int
+    #: Seconds ``close()`` lets running turns finish before cancelling them (``shutdown``).
+    shutdown_grace: float = 30.0
 
 
 def make_config(
@@ -118,6 +120,7 @@ def make_config(
     sync_workers: Any,
     process_pool: Any,
     max_event_bytes: Any,
+    shutdown_grace: Any = 30.0,
 ) -> Config:
     """Validate a Laneway's keyword arguments; ``ConfigError`` names the bad one."""
     _check_type("limits", limits, Limits)
@@ -128,6 +131,10 @@ def make_config(
             raise ConfigError(f"{name} must be > 0 seconds or None, got {value!r}")
     if not isinstance(wait_warn, int | float) or wait_warn <= 0:
         raise ConfigError(f"wait_warn must be > 0 seconds, got {wait_warn!r}")
+    if isinstance(shutdown_grace, bool) or not isinstance(shutdown_grace, int | float):
+        raise ConfigError(f"shutdown_grace must be >= 0 seconds, got {shutdown_grace!r}")
+    if not 0 <= shutdown_grace < float("inf"):
+        raise ConfigError(f"shutdown_grace must be >= 0 seconds, got {shutdown_grace!r}")
     return Config(
         lanes=_check_lanes(lanes or {}),
         session_limit=positive_int("session_limit", session_limit),
@@ -142,6 +149,7 @@ def make_config(
         sync_workers=positive_int("sync_workers", sync_workers),
         process_pool=process_pool,
         max_event_bytes=positive_int("max_event_bytes", max_event_bytes),
+        shutdown_grace=float(shutdown_grace),
     )
 
 
@@ -160,8 +168,10 @@ def _check_lanes(lanes: Any) -> dict[str, int]:
     if not isinstance(lanes, dict):
         raise ConfigError(f"lanes must be a dict of name -> cap, got {lanes!r}")
     for name, cap in lanes.items():
-        if not isinstance(name, str) or not name or name.startswith("session:"):
-            raise ConfigError(f"lane names must be non-empty and not 'session:...': {name!r}")
+        if not isinstance(name, str) or not name or name.startswith(("session:", "laneway:")):
+            raise ConfigError(
+                f"lane names must be non-empty and not 'session:...' or 'laneway:...': {name!r}"
+            )
         positive_int(f"lane {name!r} cap", cap)
     return dict(lanes)
 

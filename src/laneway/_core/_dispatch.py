@@ -20,6 +20,7 @@ handler's isolation (see ``_runner``); verdicts by ``_policy.decide``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,8 +35,8 @@ from ._attempt import Attempt, JobRecord
 from ._config import Config, HandlerSpec
 from ._context import TurnContext
 from ._events import EventBus
-from ._json import check_json
-from ._policy import SUCCEED, Ended, Happened, Verdict, decide
+from ._json import check_result, fallback_reason
+from ._policy import SUCCEED, SUSPECT_MARKS, Ended, Happened, Verdict, blame, decide
 from ._reaper import Reaper
 from ._runner import AttemptHook, Runner, around_attempt
 from ._slots import SlotSource, local_slots
@@ -78,7 +79,9 @@ class Dispatcher:
         self.timers = Timers(loop)
         self.max_event_bytes = config.max_event_bytes
         self.reaper = Reaper(loop)
-        self.slots: SlotSource[JobRecord] = local_slots(config.lanes, config.session_limit)
+        # Crash suspects also take the one slot of a lane of their own: they run alone.
+        lanes = {**config.lanes, SUSPECT_LANE: 1}
+        self.slots: SlotSource[JobRecord] = local_slots(lanes, config.session_limit)
         self.jobs: dict[str, JobRecord] = {}
         self.running: dict[str, Attempt] = {}
         #: Queued jobs in the order they were queued (the monitor reads the oldest).
@@ -91,6 +94,8 @@ class Dispatcher:
         self._admitting: dict[str, int] = {}
         self._admitting_total = 0
         self._lines: dict[float, DelayLine[Attempt]] = {}
+        #: The latest verdict write, for a handler's SystemExit to wait on.
+        self.last_write: Write[Event | None] | None = None
         self._executor: ThreadPoolExecutor | None = None
 
     # -- admission ---------------------------------------------------------------
@@ -186,17 +191,50 @@ class Dispatcher:
                     result = await self.runners[spec.isolation].run(att, ctx)
             else:
                 result = await self.runners[spec.isolation].run(att, ctx)
-        except asyncio.CancelledError:
-            att.end(Ended.CANCELLED)
+        except asyncio.CancelledError as exc:
+            self._cancelled(att, exc)
         except WorkerLost as exc:
             att.end(Ended.LOST, error=exc)
         except Exception as exc:
             att.end(Ended.RAISED, error=exc)
-        except BaseException as exc:
-            att.end(Ended.RAISED, error=exc)
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt: the process is going
+            await self._exiting(att, exc)
             raise
         else:
             att.end(Ended.RETURNED, result)
+
+    def _cancelled(self, att: Attempt, exc: asyncio.CancelledError) -> None:
+        if att.reason is not None or att.ended:
+            att.end(Ended.CANCELLED)
+            return
+        task = asyncio.current_task()
+        if task is None or not task.cancelling():
+            # The handler raised CancelledError itself: its own error, not a cancellation.
+            att.end(Ended.RAISED, error=exc)
+            return
+        # Only asyncio tearing the loop down cancels laneway's private tasks: starting
+        # more attempts would only make tasks the loop is about to destroy.
+        self.accepting = False
+        log.warning(
+            "job.torn_down: %s attempt %d was cancelled by its event loop, not by laneway",
+            att.job.id,
+            att.number,
+            extra={"job_id": att.job.id, "session": att.job.session},
+        )
+        att.end(Ended.TORN_DOWN)
+
+    async def _exiting(self, att: Attempt, exc: BaseException) -> None:
+        """A handler raised ``SystemExit``/``KeyboardInterrupt``: it gets its own verdict,
+        committed before the exception takes the process down; nothing new starts."""
+        self.accepting = False
+        att.end(Ended.RAISED, error=exc)
+        write = self.latest_write()
+        if isinstance(write, asyncio.Future):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(write), _EXIT_FLUSH)
+
+    def latest_write(self) -> Write[Event | None] | None:
+        return self.last_write
 
     def _refused(self, att: Attempt) -> None:
         # The store did not record the start (it is gone or fenced us out): the
@@ -212,20 +250,25 @@ class Dispatcher:
         job = att.job
         del self.running[job.id]
         self.slots.release(job)
+        if job.suspect:  # it ended by itself: not the crash's culprit
+            _suspect(job, False)
         first = job.limits.first_check
         if first is not None:
             self._lines[first].dropped()
         if att.procs or att.threads:
             self.reaper.reap(att)
-        if ended is Ended.RETURNED and type(result) not in _PLAIN:
+        invalid = ended is Ended.RETURNED and type(result) not in _PLAIN
+        if invalid:
             try:
-                check_json(result, "the handler's result")
+                check_result(result)
+                invalid = False
             except LanewayError as exc:
+                # Never retried: the handler's side effects already happened once.
                 ended, error = Ended.RAISED, exc
         if ended is Ended.RETURNED and att.reason is None:
             verdict = SUCCEED  # what decide() says to this, without building its record
         else:
-            verdict = decide(_happened(att, ended, error), job.spec.rules)
+            verdict = decide(_happened(att, ended, error, no_retry=invalid), job.spec.rules)
         if verdict is SUCCEED:
             self._terminal(job, JobState.SUCCEEDED, result=result)
         else:
@@ -275,6 +318,8 @@ class Dispatcher:
     def _apply(self, job: JobRecord, attempt: int, verdict: Verdict, result: Any) -> None:
         if verdict.lost:
             job.lost += 1
+        if not verdict.counts_attempt:
+            job.attempts = attempt - 1
         if verdict.state is not JobState.QUEUED:
             self._terminal(
                 job,
@@ -289,8 +334,9 @@ class Dispatcher:
         reason = verdict.reason or "retry"
         write = self.store.retry(
             job.id, attempt, error=verdict.error, reason=reason, lost=verdict.lost,
-            delay=verdict.delay,
+            delay=verdict.delay, counts_attempt=verdict.counts_attempt,
         )  # fmt: skip
+        self.last_write = write
         _when_written(write, self._published)
         if self.accepting:
             log.info(
@@ -333,10 +379,14 @@ class Dispatcher:
         lost: bool = False,
     ) -> None:
         """Write the job's one terminal state; outcome delivered once committed."""
-        job.state = state
-        write = self.store.finish(
-            job.id, job.attempts, state, result=result, error=error, reason=reason, lost=lost
-        )
+        try:
+            write = self.store.finish(
+                job.id, job.attempts, state, result=result, error=error, reason=reason, lost=lost
+            )
+        except Exception as exc:  # a store that refuses at the call (an unencodable value)
+            self._unrecorded(job, state, lost, exc)
+            return
+        self.last_write = write
         if state is not JobState.SUCCEEDED:
             log.info(
                 "job.%s: %s (%s)",
@@ -356,7 +406,7 @@ class Dispatcher:
             self._finished(job, state, reason, error, result, write.value)
         else:
             write.add_done_callback(
-                partial(self._finished_later, job, state, reason, error, result)
+                partial(self._finished_later, job, state, reason, error, result, lost)
             )
 
     def _finished_later(
@@ -366,10 +416,34 @@ class Dispatcher:
         reason: str | None,
         error: str | None,
         result: Any,
+        lost: bool,
         fut: asyncio.Future[Event | None],
     ) -> None:
-        event = _committed(fut)
-        self._finished(job, state, reason, error, result, event)
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None:
+            self._unrecorded(job, state, lost, exc)
+            return
+        self._finished(job, state, reason, error, result, _committed(fut))
+
+    def _unrecorded(self, job: JobRecord, state: JobState, lost: bool, exc: BaseException) -> None:
+        """The store refused or failed a terminal write: nobody is told it happened.
+
+        End the job in a state the store can commit (``failed``, reason
+        ``InvalidPayload`` or ``StoreError``); if even that fails, the job stays
+        unresolved here and ``running`` in the store, for recovery to decide."""
+        why = fallback_reason(exc)
+        log.error(
+            "job.unrecorded: the store refused %s of %s (%s); recording failed (%s)",
+            state.value,
+            job.id,
+            exc,
+            why,
+            extra={"job_id": job.id, "session": job.session, "error": repr(exc)},
+        )
+        if state is JobState.FAILED and job.fallback:
+            return
+        job.fallback = True
+        self._terminal(job, JobState.FAILED, reason=why, error=str(exc), lost=lost)
 
     def _finished(
         self,
@@ -380,6 +454,7 @@ class Dispatcher:
         result: Any,
         event: Event | None,
     ) -> None:
+        job.state = state
         if event is not None and self.bus.watched:
             self.bus.publish(event)
         jobs = self.jobs
@@ -469,16 +544,22 @@ class Dispatcher:
         handlers: Mapping[str, HandlerSpec],
         order: Callable[[int], tuple[int, int]],
     ) -> None:
-        """Re-queue what the last owner left; attempts it left running were lost."""
+        """Re-queue what the last owner left; blame its death on one job at most."""
         now = self.loop.time()
-        for info in unfinished:
+        infos = list(unfinished)
+        running = JobState.RUNNING
+        in_flight = [(i.id, i.reason in SUSPECT_MARKS) for i in infos if i.state is running]
+        culprit = blame(in_flight)
+        for info in infos:
             spec = handlers.get(info.handler)
             if spec is None:
                 self._unknown_handler(info)
                 continue
             job = JobRecord(info.id, info.session, spec, info.payload, order(info.priority))
             job.attempts, job.lost = info.attempts, info.lost
-            if info.state is JobState.RUNNING and not self._recover_lost(job, info):
+            _suspect(job, info.reason in SUSPECT_MARKS)
+            blamed = info.id == culprit
+            if info.state is running and not self._recover_lost(job, info, len(in_flight), blamed):
                 continue
             self.enqueue(job, now)
 
@@ -494,7 +575,7 @@ class Dispatcher:
         )
         _when_written(write, self._published)
 
-    def _recover_lost(self, job: JobRecord, info: JobInfo) -> bool:
+    def _recover_lost(self, job: JobRecord, info: JobInfo, in_flight: int, blamed: bool) -> bool:
         """Decide a job whose attempt was in flight at the crash; True to re-queue it."""
         what = Happened(
             Ended.LOST,
@@ -505,19 +586,21 @@ class Dispatcher:
             job.attempts,
             job.lost,
             recovered=True,
+            blamed=blamed,
         )
         verdict = decide(what, job.spec.rules)
-        log.warning(
-            "job.lost: attempt %d of %s was in flight when the last owner stopped",
-            job.attempts,
-            job.id,
-            extra={"job_id": job.id, "session": job.session, "lost": job.lost + 1},
-        )
+        _log_blame(job, in_flight, blamed)
         if verdict.state is JobState.QUEUED:
-            job.lost += 1
+            _suspect(job, True)
+            attempt = job.attempts
+            if verdict.lost:
+                job.lost += 1
+            if not verdict.counts_attempt:
+                job.attempts -= 1
             write = self.store.retry(
-                job.id, job.attempts, error=verdict.error, reason=Reason.LOST, lost=True, delay=0.0
-            )
+                job.id, attempt, error=verdict.error, reason=verdict.reason or Reason.LOST,
+                lost=verdict.lost, delay=0.0, counts_attempt=verdict.counts_attempt,
+            )  # fmt: skip
             _when_written(write, self._published)
             return True
         self.jobs[job.id] = job
@@ -535,15 +618,49 @@ class Dispatcher:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-_PLAIN = (str, int, bool, type(None))
+_PLAIN = (str, bool, type(None))
+#: The hidden shared lane of cap 1 that crash suspects also need (not a user lane name).
+SUSPECT_LANE = "laneway:suspects"
 
 
-def _happened(att: Attempt, ended: Ended, error: BaseException | None) -> Happened:
-    job = att.job
-    if error is None:
-        return Happened(
-            ended, att.reason, None, None, att.output, att.number, job.lost, att.no_retry
+def _suspect(job: JobRecord, suspect: bool) -> None:
+    job.suspect = suspect
+    job.lanes = (*job.spec.lanes, SUSPECT_LANE) if suspect else job.spec.lanes
+
+
+def _log_blame(job: JobRecord, in_flight: int, blamed: bool) -> None:
+    fields = {"job_id": job.id, "session": job.session, "in_flight": in_flight}
+    if blamed:
+        log.warning(
+            "job.blamed: the process died while attempt %d of %s ran %s; loss %d of %d",
+            job.attempts,
+            job.id,
+            "alone" if in_flight == 1 else "as the only crash suspect",
+            job.lost + 1,
+            job.spec.poison_after,
+            extra={**fields, "lost": job.lost + 1, "blamed": True},
         )
+    else:
+        log.warning(
+            "job.suspect: %s was one of %d attempts in flight when the process died; "
+            "not blamed, it runs alone among suspects next",
+            job.id,
+            in_flight,
+            extra={**fields, "lost": job.lost, "blamed": False},
+        )
+
+
+#: Seconds a handler's SystemExit waits for its own verdict to commit.
+_EXIT_FLUSH = 5.0
+
+
+def _happened(
+    att: Attempt, ended: Ended, error: BaseException | None, *, no_retry: bool = False
+) -> Happened:
+    job = att.job
+    no_retry = no_retry or att.no_retry
+    if error is None:
+        return Happened(ended, att.reason, None, None, att.output, att.number, job.lost, no_retry)
     return Happened(
         ended,
         att.reason,
@@ -552,7 +669,7 @@ def _happened(att: Attempt, ended: Ended, error: BaseException | None) -> Happen
         att.output,
         att.number,
         job.lost,
-        att.no_retry,
+        no_retry,
     )
 
 

@@ -63,6 +63,8 @@ def build_snapshot(
             behind_session=queued - waiting.get(name, 0),
         )
         for name, cap, active, queued in slots.shared_counts()
+        # laneway's own lanes (crash suspects) are listed only while in use.
+        if active or queued or not name.startswith("laneway:")
     ]
     return Snapshot(
         lanes=shared + lanes,

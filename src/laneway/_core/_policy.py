@@ -8,9 +8,11 @@ before a retry, and whether the attempt counts as an attempt and as a loss.
 The dispatcher applies verdicts when an attempt ends and recovery applies
 them to attempts a dead owner left ``running``; neither decides on its own.
 
-New rules (shutdown, interpreter exits, cancellations laneway did not issue,
-crash suspects) are new ``Ended`` kinds or ``Happened`` fields and new
-branches here; the appliers only read the verdict.
+Endings laneway did not decide are not endings: a shutdown gives a turn
+without output back (not counted as an attempt), a cancellation laneway did
+not issue (the loop torn down) is treated as a shutdown, and a process death
+with several attempts in flight blames nobody until ``blame()`` can name the
+one job that was running alone among the suspects (see ``blame``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import NamedTuple
 
 from .._types import JobState, Reason, Retry
 
-__all__ = ["SUCCEED", "Ended", "Happened", "Rules", "Verdict", "decide"]
+__all__ = ["SUCCEED", "SUSPECT_MARKS", "Ended", "Happened", "Rules", "Verdict", "blame", "decide"]
 
 
 class Ended(enum.Enum):
@@ -31,6 +33,8 @@ class Ended(enum.Enum):
     RETURNED = "returned"  # the handler returned a (JSON-valid) result
     RAISED = "raised"  # the handler raised (or returned something invalid)
     CANCELLED = "cancelled"  # its task was cancelled or abandoned
+    #: Its task was cancelled by someone else than laneway (the loop torn down, Ctrl-C).
+    TORN_DOWN = "torn_down"
     LOST = "lost"  # the process running it died (a worker, or the last owner)
 
 
@@ -52,6 +56,9 @@ class Happened(NamedTuple):
     no_retry: bool = False
     #: Found ``running`` at start-up: the last owner died under it; retry at once.
     recovered: bool = False
+    #: For a recovered attempt: the crash is its own (see ``blame``). Live losses
+    #: (a worker process running only this attempt died) are always its own.
+    blamed: bool = True
 
 
 class Rules(NamedTuple):
@@ -75,24 +82,46 @@ class Verdict(NamedTuple):
 
 #: The verdict on a turn that returned: one object, so appliers can test ``is SUCCEED``.
 SUCCEED = Verdict(JobState.SUCCEEDED)
-_SHUTDOWN = Verdict(JobState.QUEUED, Reason.SHUTDOWN, "shutdown")
+_GIVEN_BACK = Verdict(JobState.QUEUED, Reason.SHUTDOWN, "shutdown", counts_attempt=False)
+_SHUTDOWN_FAILED = Verdict(
+    JobState.FAILED, Reason.SHUTDOWN, "shut down after the turn emitted output"
+)
 _STOPPED = Verdict(JobState.CANCELLED, Reason.STOPPED)
+#: The reasons a non-terminal job carries while it is a crash suspect (see ``blame``).
+SUSPECT_MARKS = frozenset({Reason.LOST.value, Reason.SUSPECT.value})
 
 
 def decide(what: Happened, rules: Rules) -> Verdict:
     """The verdict on one ended attempt."""
     reason = what.reason
-    if reason is None and what.ended is Ended.RETURNED:
+    ended = what.ended
+    if reason is None and ended is Ended.RETURNED:
         return SUCCEED
-    if reason is Reason.SHUTDOWN:
-        return _SHUTDOWN
+    if reason is Reason.SHUTDOWN or (reason is None and ended is Ended.TORN_DOWN):
+        return _shutdown(what, rules)
     if reason is Reason.DEADLINE or reason is Reason.IDLE:
         return _failed(what, rules, JobState.TIMED_OUT, reason, f"{reason} limit exceeded")
-    if reason is not None or what.ended is Ended.CANCELLED:
+    if reason is not None or ended is Ended.CANCELLED:
         return _STOPPED
-    if what.ended is Ended.LOST:
-        return _lost(what, rules)
+    if ended is Ended.LOST:
+        return _lost(what, rules) if what.blamed else _bystander(what, rules)
     return _failed(what, rules, JobState.FAILED, what.error_type, what.error)
+
+
+def blame(in_flight: list[tuple[str, bool]]) -> str | None:
+    """The job a process death is blamed on, from ``(job_id, was_suspect)`` of every
+    attempt it left in flight; ``None`` blames nobody.
+
+    An attempt alone in flight is blamed. Otherwise the crash is blamed on the
+    one suspect among them: suspects run one at a time, so a crash during a
+    suspect's run is its own. With no suspect (or, after a change of rules,
+    several) nobody is blamed: every attempt in flight becomes a suspect, and
+    the suspects' solo runs find the culprit.
+    """
+    if len(in_flight) == 1:
+        return in_flight[0][0]
+    suspects = [job_id for job_id, suspect in in_flight if suspect]
+    return suspects[0] if len(suspects) == 1 else None
 
 
 def may_retry(what: Happened, retry: Retry) -> bool:
@@ -111,6 +140,20 @@ def _failed(
         delay = rules.retry.delay(what.attempts, rules.jitter())
         return Verdict(JobState.QUEUED, reason, error, delay)
     return Verdict(state, reason, error)
+
+
+def _shutdown(what: Happened, rules: Rules) -> Verdict:
+    """Shut down under the attempt: given back unless a retry would replay output."""
+    if not what.output or rules.retry.retry_after_output:
+        return _GIVEN_BACK
+    return _SHUTDOWN_FAILED
+
+
+def _bystander(what: Happened, rules: Rules) -> Verdict:
+    """In flight at a crash it is not blamed for: a suspect, given back uncounted."""
+    if what.output and not rules.retry.retry_after_output:
+        return Verdict(JobState.FAILED, Reason.LOST, what.error)
+    return Verdict(JobState.QUEUED, Reason.SUSPECT, what.error, counts_attempt=False)
 
 
 def _lost(what: Happened, rules: Rules) -> Verdict:

@@ -136,6 +136,7 @@ class Laneway:
         sync_workers: int = 32,
         process_pool: ProcessPool | None = None,
         max_event_bytes: int = 1_048_576,
+        shutdown_grace: float = 30.0,
     ) -> None:
         self.config: Config = make_config(
             lanes=lanes,
@@ -151,6 +152,7 @@ class Laneway:
             sync_workers=sync_workers,
             process_pool=process_pool,
             max_event_bytes=max_event_bytes,
+            shutdown_grace=shutdown_grace,
         )
         self.store: Store = open_store(store) if isinstance(store, str) else store
         if not isinstance(self.store, Store):
@@ -167,6 +169,8 @@ class Laneway:
         self._monitor = WaitMonitor(self.config.wait_warn, self.config.session_limit)
         self._maintaining = False
         self._closers: list[Callable[[], Awaitable[object]]] = []
+        self._hurry = asyncio.Event()
+        self._closed = asyncio.Event()
 
     # -- configuration -----------------------------------------------------------
 
@@ -287,9 +291,18 @@ class Laneway:
             d.timers.call_at(loop.time() + self.store.maintain_interval, self._maintain)
         d.pump()
 
-    async def close(self, *, grace: float = 0.0) -> None:
-        """Stop accepting work; give running turns ``grace`` seconds, then cancel
-        them (reason ``shutdown``; they go back to the queue of a durable store)."""
+    async def close(self, *, grace: float | None = None) -> None:
+        """Stop accepting work (``submit`` raises ``Closed``); give running turns
+        ``grace`` seconds (default ``shutdown_grace``), then cancel them with
+        reason ``shutdown``. A turn that emitted nothing goes back to its
+        session's head, not counted as an attempt (it runs after a restart of a
+        durable store); a turn with output ends ``failed`` (reason ``shutdown``)
+        unless ``retry_after_output``. A second ``close()`` or ``drain_now()``
+        during the grace ends it at once."""
+        if self._state == _CLOSING:
+            self.drain_now()
+            await self._closed.wait()
+            return
         if self._state != _RUNNING:
             if self._state == _NEW:
                 self._state = _CLOSED
@@ -297,7 +310,7 @@ class Laneway:
         d = self._live()
         self._state = _CLOSING
         d.accepting = False
-        await _drain(d, grace)
+        await _drain(d, self.config.shutdown_grace if grace is None else grace, self._hurry)
         await _settle(d)
         d.shutdown()
         if self._watchdog is not None:
@@ -317,6 +330,17 @@ class Laneway:
             with contextlib.suppress(Exception):
                 await closer()
         self._state = _CLOSED
+        self._closed.set()
+
+    def drain_now(self) -> None:
+        """End a ``close()``'s grace at once (a second SIGTERM): running turns are
+        cancelled with reason ``shutdown`` under the same rules."""
+        self._hurry.set()
+
+    @property
+    def closing(self) -> bool:
+        """``close()`` has begun: readiness fails and submits are refused."""
+        return self._state in (_CLOSING, _CLOSED)
 
     async def join(self) -> None:
         """Wait until no job is queued or running."""
@@ -376,6 +400,7 @@ class Laneway:
         cancelled, dropped, waits = d.stop_session(session, drop_queued)
         if waits:
             await asyncio.wait(waits)
+        await _committed(d, [*cancelled, *dropped])
         return StopResult(cancelled=cancelled, dropped=dropped)
 
     async def cancel(self, job_id: str) -> bool:
@@ -389,8 +414,12 @@ class Laneway:
             done = att.ended_future(d.loop)
             att.cancel(Reason.STOPPED)
             await done
+            await _committed(d, [job_id])
             return True
-        return d.cancel_queued(job)
+        if not d.cancel_queued(job):
+            return False
+        await _committed(d, [job_id])
+        return True
 
     async def requeue(self, job_id: str) -> Job:
         """Send a failed, timed_out or dead job back to the tail of its session."""
@@ -577,15 +606,29 @@ class Laneway:
         return self._dispatch
 
 
-async def _drain(d: Dispatcher, grace: float) -> None:
-    """Let running turns finish for ``grace`` seconds, then cancel them (``shutdown``)."""
-    if grace > 0 and d.running:
-        await asyncio.wait([a.ended_future(d.loop) for a in d.running.values()], timeout=grace)
+async def _drain(d: Dispatcher, grace: float, hurry: asyncio.Event) -> None:
+    """Let running turns finish for ``grace`` seconds (or until ``hurry``), then
+    cancel them (``shutdown``)."""
+    if grace > 0 and d.running and not hurry.is_set():
+        ended = [a.ended_future(d.loop) for a in d.running.values()]
+        ends = asyncio.ensure_future(_all_done(ended))
+        hurried: asyncio.Future[Any] = asyncio.ensure_future(hurry.wait())
+        waits: list[asyncio.Future[Any]] = [ends, hurried]
+        try:
+            await asyncio.wait(waits, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hurried.cancel()
+            ends.cancel()
     pending = [a.ended_future(d.loop) for a in d.running.values()]
     for att in list(d.running.values()):
         att.cancel(Reason.SHUTDOWN)
     if pending:
         await asyncio.wait(pending)
+
+
+async def _all_done(futs: list[asyncio.Future[None]]) -> None:
+    for fut in futs:
+        await fut
 
 
 async def _settle(d: Dispatcher) -> None:
@@ -608,3 +651,24 @@ async def _follow(sub: Subscription, last: int) -> AsyncIterator[Event]:
             return
         last = event.seq
         yield event
+
+
+#: How long stop() and cancel() wait for the endings they caused to be committed.
+#: A store that cannot commit them is readiness's to report, not a reason to hang.
+_COMMIT_WAIT = 5.0
+
+
+async def _committed(d: Dispatcher, job_ids: list[str]) -> None:
+    """Return once the endings of ``job_ids`` are committed (so ``get()`` shows them)."""
+    waits: list[asyncio.Future[Outcome]] = []
+    for job_id in job_ids:
+        job = d.jobs.get(job_id)
+        if job is None:
+            continue
+        fut: asyncio.Future[Outcome] = d.loop.create_future()
+        if job.waiters is None:
+            job.waiters = []
+        job.waiters.append(fut)
+        waits.append(fut)
+    if waits:
+        await asyncio.wait(waits, timeout=_COMMIT_WAIT)

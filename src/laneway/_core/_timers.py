@@ -14,6 +14,7 @@ check are skipped when they fall due, not removed one by one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -116,7 +117,7 @@ class Timers:
             try:
                 callback(*entry.args)
             except Exception:
-                log.exception("timer callback failed", extra={"callback": repr(callback)})
+                _report(callback)
             finally:
                 self._firing_at = None
         while heap and heap[0][2].callback is None:
@@ -186,6 +187,13 @@ class DelayLine(Generic[T]):
                 try:
                     self._callback(item)
                 except Exception:
-                    log.exception("timer callback failed", extra={"callback": repr(self._callback)})
+                    _report(self._callback)
         if items:
             self._entry = self._timers.call_at(items[0][0], self._fire)
+
+
+def _report(callback: object) -> None:
+    """Log a failed timer callback; a log handler that raises too must not stop the
+    heap (every deadline and the lane monitor live on it)."""
+    with contextlib.suppress(Exception):  # nowhere left to report it
+        log.exception("timer callback failed", extra={"callback": repr(callback)})

@@ -11,6 +11,7 @@ restarts it and a durable store resumes the work (crash-only recovery).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -83,32 +84,42 @@ class Watchdog:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.interval):
-            silent = time.monotonic() - self._beat_at
-            if silent < self.threshold:
-                if self._blocked_since is not None:
-                    log.info("loop.unblocked", extra={"blocked_s": round(silent, 3)})
-                self._blocked_since = None
+            try:
+                self._look()
+            except Exception:
                 continue
-            if self._blocked_since is None:
-                self._blocked_since = self._beat_at
-                self.blocks += 1
-                stack = self._stack()
-                log.warning(
-                    "loop.blocked: the event loop has not answered for %.2fs\n%s",
-                    silent,
-                    stack,
-                    extra={"blocked_s": round(silent, 3), "stack": stack},
-                )
-            if self.exit_after is not None and silent >= self.exit_after:
-                stack = self._stack()
-                log.critical(
-                    "loop.blocked for %.2fs >= exit_after; exiting with code %d\n%s",
-                    silent,
-                    EXIT_CODE,
-                    stack,
-                    extra={"blocked_s": round(silent, 3), "stack": stack},
-                )
-                for handler in logging.getLogger().handlers + log.handlers:
-                    handler.flush()
-                sys.stderr.flush()
-                os._exit(EXIT_CODE)
+
+    def _look(self) -> None:
+        silent = time.monotonic() - self._beat_at
+        if silent < self.threshold:
+            if self._blocked_since is not None:
+                self._blocked_since = None
+                log.info("loop.unblocked", extra={"blocked_s": round(silent, 3)})
+            return
+        if self._blocked_since is None:
+            self._blocked_since = self._beat_at
+            self.blocks += 1
+            stack = self._stack()
+            log.warning(
+                "loop.blocked: the event loop has not answered for %.2fs\n%s",
+                silent,
+                stack,
+                extra={"blocked_s": round(silent, 3), "stack": stack},
+            )
+        if self.exit_after is not None and silent >= self.exit_after:
+            self._exit(silent)
+
+    def _exit(self, silent: float) -> None:
+        stack = self._stack()
+        with contextlib.suppress(Exception):  # exit even if the log pipeline is broken
+            log.critical(
+                "loop.blocked for %.2fs >= exit_after; exiting with code %d\n%s",
+                silent,
+                EXIT_CODE,
+                stack,
+                extra={"blocked_s": round(silent, 3), "stack": stack},
+            )
+            for handler in logging.getLogger().handlers + log.handlers:
+                handler.flush()
+            sys.stderr.flush()
+        os._exit(EXIT_CODE)

@@ -9,6 +9,7 @@ import time
 
 from .. import Laneway, Retry
 from ._activity import Activity
+from ._drain import Drain
 from ._limits import StreamSlots
 from ._metrics import Metrics
 from ._models import register_model
@@ -35,6 +36,8 @@ class Gateway:
         self._last_block = -1e18
         self._monitor: asyncio.Task[None] | None = None
         self.startup_error: BaseException | None = None
+        #: Set by the server that runs this gateway: signals drain through it.
+        self.drain: Drain | None = None
 
     @property
     def lw(self) -> Laneway:
@@ -53,6 +56,7 @@ class Gateway:
             max_queued_per_session=s.max_queued_per_session,
             watchdog_threshold=s.watchdog_threshold,
             max_event_bytes=s.max_event_bytes,
+            shutdown_grace=s.shutdown_grace,
         )
         self.handler = register_model(lw, s)
         self.metrics.watch(lw)
@@ -61,6 +65,8 @@ class Gateway:
             _trace(lw)
         await lw.start()
         self._lw = lw
+        if self.drain is not None:
+            self.drain.attach(lw)
         self._monitor = asyncio.get_running_loop().create_task(self._watch_blocks())
 
     def begin_shutdown(self) -> None:

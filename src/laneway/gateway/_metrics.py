@@ -100,7 +100,7 @@ class Metrics:
         state = kind[4:]
         data = event.data if isinstance(event.data, dict) else {}
         reason = data.get("reason")
-        if state == "queued":
+        if state == "queued" or state == "requeued":  # a requeue queues a new run
             self.accepted.inc()
         elif state == "retry":
             self.retries.labels(str(reason)).inc()

@@ -309,6 +309,8 @@ async def healthz(request: Request) -> JSONResponse:
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: the store answers."""
     gw = gateway_of(request)
+    if gw.lw.closing:
+        return JSONResponse(error_body("shutting_down", "the gateway is shutting down"), 503)
     if not gw.lw.running:
         return JSONResponse(error_body("not_ready", "the gateway is not running"), 503)
     try:

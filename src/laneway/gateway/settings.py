@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     queue_wait: Seconds = Field(None, description="max seconds queued (unset = no limit)")
     cancel_grace: float = Field(5.0, ge=0, description="seconds a cancelled turn may unwind")
     max_attempts: int = Field(3, ge=1, description="attempts per job (retries + 1)")
+    shutdown_grace: float = Field(
+        30.0, ge=0, allow_inf_nan=False, description="seconds running turns get on SIGTERM"
+    )
     max_queued: int = Field(10_000, ge=1, description="queued jobs in all (then 429)")
     max_queued_per_session: int = Field(100, ge=1, description="queued jobs per session")
     max_body_bytes: int = Field(65_536, ge=256, description="largest request body")

@@ -151,7 +151,7 @@ class _Turns:
         for ev in events:
             if ev.job_id is None or ev.job_id == self.current or not isinstance(ev.data, dict):
                 continue
-            if ev.kind == "job.queued":
+            if ev.kind == "job.queued" or ev.kind == "job.requeued":
                 payload = ev.data.get("payload")
                 text = payload.get("text") if isinstance(payload, dict) else None
                 if isinstance(text, str):
@@ -175,7 +175,7 @@ class _Turns:
 
 
 def _keep_latest(into: dict[str, tuple[int, str]], job_id: str, seq: int, text: str) -> None:
-    # A requeued job has a second job.queued; a reply counts from its latest message.
+    # A requeued job has a job.requeued too; a reply counts from its latest message.
     held = into.get(job_id)
     if held is None or held[0] < seq:
         into[job_id] = (seq, text)

@@ -17,7 +17,13 @@ never overwrite a newer attempt or a terminal state.
 
 Recovery: ``open()`` takes ownership and returns every unfinished job in
 acceptance order; jobs still marked ``running`` were in flight when the last
-owner died, and the runtime decides (retry, ``dead`` after ``poison_after``).
+owner died, and the runtime decides who is blamed (``_policy.blame``): the
+suspect mark it needs is the job's ``reason`` (see ``retry``), so every store
+persists it by persisting ``reason``.
+
+Requeue opens a new *run* of the same job: ``attempts`` and ``lost`` carry on
+(never reset), ``job.requeued`` opens the run, and each run has exactly one
+terminal event.
 """
 
 from __future__ import annotations
@@ -144,8 +150,17 @@ class Store(abc.ABC):
         reason: str,
         lost: bool,
         delay: float,
+        counts_attempt: bool = True,
     ) -> Write[Event | None]:
-        """Put a running (or recovered) job back to ``queued``; write ``job.retry``."""
+        """Put a running (or recovered) job back to ``queued``; write ``job.retry``.
+
+        ``reason`` is kept on the job until its next retry or its end (through
+        ``start_attempt``): recovery reads a ``lost`` or ``suspect`` reason on a
+        job found ``running`` as "it was a crash suspect running alone". With
+        ``counts_attempt=False`` the attempt is given back: the job's attempt
+        count goes back to ``attempt - 1`` (a shutdown, a crash bystander), and
+        the ``job.retry`` event says ``"counted": false``.
+        """
 
     @abc.abstractmethod
     def finish(

@@ -47,6 +47,7 @@ _QUEUED_KEYS = tuple(rules.queued_data("", None))
 _REQUEUED_KEYS = tuple(rules.requeued_data("", None, _QUEUED))
 _STARTED_KEYS = tuple(rules.started_data(0))
 _RETRY_KEYS = tuple(rules.retry_data(0, "", None, 0.0))
+_UNCOUNTED_RETRY_KEYS = tuple(rules.retry_data(0, "", None, 0.0, counts_attempt=False))
 _TERMINAL_KEYS = tuple(
     rules.terminal_data(JobState.SUCCEEDED, attempts=0, result=None, error=None, reason=None)
 )
@@ -199,18 +200,21 @@ class MemoryStore(Store):
         reason: str,
         lost: bool,
         delay: float,
+        counts_attempt: bool = True,
     ) -> Write[Event | None]:
         rec = self._jobs.get(job_id)
         if rec is None or not rules.may_retry(rec[3], rec[4], attempt):
             return Committed(None)
         error = clean_text(error)
         now = time.time()
+        attempts = rules.retried_attempts(attempt, counts_attempt)
         self._jobs[job_id] = (
-            *rec[:3], _QUEUED, rec[4], error, rec[6], reason, *rec[8:10], rec[10] + int(lost),
+            *rec[:3], _QUEUED, attempts, error, rec[6], reason, *rec[8:10], rec[10] + int(lost),
             rec[11], rec[12], now, rec[14],
         )  # fmt: skip
-        data = rules.retry_data(attempt, reason, error, delay)
-        return Committed(self._own(rec[1], job_id, "job.retry", _RETRY_KEYS, data, now))
+        data = rules.retry_data(attempt, reason, error, delay, counts_attempt)
+        keys = _RETRY_KEYS if counts_attempt else _UNCOUNTED_RETRY_KEYS
+        return Committed(self._own(rec[1], job_id, "job.retry", keys, data, now))
 
     def finish(
         self,
@@ -248,8 +252,8 @@ class MemoryStore(Store):
             *rec[:3], _QUEUED, 0, None, None, None, *rec[8:10], 0, rec[11], rec[12], now, rec[14],
         )  # fmt: skip
         self._jobs[job_id] = new
-        data = rules.requeued_data(rec[2], rec[8], rec[3])
-        ev = self._own(rec[1], job_id, "job.queued", _REQUEUED_KEYS, data, now)
+        data = rules.requeued_data(rec[2], rec[8], rec[3], rec[4], rec[10])
+        ev = self._own(rec[1], job_id, rules.REQUEUED_KIND, _REQUEUED_KEYS, data, now)
         return Committed((_info(new), ev))
 
     # -- reads -----------------------------------------------------------------

@@ -274,8 +274,9 @@ class PostgresStore(Store):
         reason: str,
         lost: bool,
         delay: float,
+        counts_attempt: bool = True,
     ) -> asyncio.Future[Event | None]:
-        args = (job_id, attempt, clean_text(error), reason, lost, delay)
+        args = (job_id, attempt, clean_text(error), reason, lost, delay, counts_attempt)
         return self._write(writes.retry, args, job_id=job_id)
 
     def finish(

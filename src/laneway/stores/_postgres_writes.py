@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 
 from .._types import Event, JobInfo, JobState
+from . import _rules as rules
 from ._postgres_rows import JOB_COLUMNS, encode, job_info
 from ._rules import terminal_data
 
@@ -244,7 +245,7 @@ async def append_events(
 _RETRY = """
 WITH j AS (
     UPDATE jobs SET state = 'queued', error = $4, reason = $5, lost = lost + $6, epoch = NULL,
-        run_after = extract(epoch FROM clock_timestamp()) + $7, updated_at = $8
+        run_after = extract(epoch FROM clock_timestamp()) + $7, updated_at = $8, attempts = $10
     WHERE id = $1 AND state = 'running' AND attempts = $2 AND epoch = $3
     RETURNING session, num, run_after),
 f AS (UPDATE slots SET job_id = NULL WHERE job_id = $1 AND EXISTS (SELECT 1 FROM j)),
@@ -267,12 +268,15 @@ async def retry(
     reason: str,
     lost: bool,
     delay: float,
+    counts_attempt: bool = True,
 ) -> Event | None:
     now = time.time()
-    data = {"attempt": attempt, "reason": reason, "error": error, "delay": delay}
+    data = rules.retry_data(attempt, reason, error, delay, counts_attempt)
+    attempts = rules.retried_attempts(attempt, counts_attempt)
     row = await conn.fetchrow(
-        _RETRY, job_id, attempt, batch.epoch, error, reason, int(lost), delay, now, encode(data)
-    )
+        _RETRY, job_id, attempt, batch.epoch, error, reason, int(lost), delay, now, encode(data),
+        attempts,
+    )  # fmt: skip
     if row is None:
         return None
     batch.runnable = True
@@ -319,22 +323,25 @@ SELECT j.*, s.seq FROM j, s
 async def requeue(
     conn: asyncpg.Connection, batch: Batch, job_id: str
 ) -> tuple[JobInfo, Event] | None:
-    previous = await conn.fetchval("SELECT state FROM jobs WHERE id = $1 FOR UPDATE", job_id)
-    if previous not in REQUEUEABLE:
+    old = await conn.fetchrow(
+        "SELECT state, attempts, lost FROM jobs WHERE id = $1 FOR UPDATE", job_id
+    )
+    if old is None or not rules.may_requeue(old["state"]):
         return None
+    previous = old["state"]
     now = time.time()
     row = await conn.fetchrow(_REQUEUE, job_id, now, previous)
     assert row is not None  # the row is locked and requeueable
     info = job_info(row)
-    data = {"handler": info.handler, "payload": info.payload, "requeued_from": previous}
+    data = rules.requeued_data(info.handler, info.payload, previous, old["attempts"], old["lost"])
     seq = row["seq"]
     await conn.execute(
         "INSERT INTO events (session, seq, job_id, kind, data, at)"
-        " VALUES ($1, $2, $3, 'job.queued', $4, $5)",
-        info.session, seq, job_id, encode(data), now,
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        info.session, seq, job_id, rules.REQUEUED_KIND, encode(data), now,
     )  # fmt: skip
     batch.runnable = True
-    return info, batch.event(info.session, seq, job_id, "job.queued", data, now)
+    return info, batch.event(info.session, seq, job_id, rules.REQUEUED_KIND, data, now)
 
 
 _START_MANY = """

@@ -95,12 +95,38 @@ def started_data(attempt: int) -> dict[str, Any]:
     return {"attempt": attempt}
 
 
-def retry_data(attempt: int, reason: str, error: str | None, delay: float) -> dict[str, Any]:
-    return {"attempt": attempt, "reason": reason, "error": error, "delay": delay}
+def retry_data(
+    attempt: int, reason: str, error: str | None, delay: float, counts_attempt: bool = True
+) -> dict[str, Any]:
+    """``job.retry``; an attempt given back uncounted (a shutdown, a crash's
+    bystander) says so, and the job's attempt count goes back to ``attempt - 1``."""
+    data: dict[str, Any] = {"attempt": attempt, "reason": reason, "error": error, "delay": delay}
+    if not counts_attempt:
+        data["counted"] = False
+    return data
 
 
-def requeued_data(handler: str, payload: Any, previous: str) -> dict[str, Any]:
-    return {"handler": handler, "payload": payload, "requeued_from": str(previous)}
+def retried_attempts(attempt: int, counts_attempt: bool) -> int:
+    """The job's attempt count after a retry of ``attempt``."""
+    return attempt if counts_attempt else attempt - 1
+
+
+#: The kind of the event that opens a new run of a requeued job.
+REQUEUED_KIND = "job.requeued"
+
+
+def requeued_data(
+    handler: str, payload: Any, previous: str, attempts: int = 0, lost: int = 0
+) -> dict[str, Any]:
+    """``job.requeued``: it opens a new run of the job. The run it closes said how it
+    ended; this keeps how many attempts and losses it had (the new run counts from 0)."""
+    return {
+        "handler": handler,
+        "payload": payload,
+        "requeued_from": str(previous),
+        "attempts": attempts,
+        "lost": lost,
+    }
 
 
 def terminal_kind(state: JobState) -> str:

@@ -5,7 +5,12 @@ Writes go to one writer thread that group-commits them in call order (see
 see committed data (WAL mode lets them run beside the writer). One process
 owns a database at a time: an exclusive ``flock`` on ``<db>.lock``, which the
 kernel releases when the owner dies, however it dies; a second opener gets a
-``StoreError`` naming the owner.
+``StoreError`` naming the owner. The lock alone is not trusted: the owner row
+in the database carries a heartbeat (every ``maintain_interval``), and an
+opener refuses while another live owner's heartbeat is fresh, even if the
+lock file was removed. The owner checks at every heartbeat that its file is
+still the one it opened: a database deleted or replaced under it makes the
+store refuse writes and readiness, and readers never create a new file.
 
 URL: ``sqlite:///relative.db`` or ``sqlite:////absolute.db``, optionally with
 settings as query params (``?synchronous=full&retain_jobs=7d``); see
@@ -19,6 +24,7 @@ import contextlib
 import datetime
 import fcntl
 import json
+import logging
 import os
 import queue
 import socket
@@ -34,12 +40,15 @@ from .._errors import StoreError
 from .._types import Event, JobInfo, JobState
 from ._base import Store, namespace_of
 from ._sqlite_checkpoint import Checkpointer
+from ._sqlite_owner import check_owner
 from ._sqlite_schema import SQLiteSettings, migrate, parse_url
 from ._sqlite_writer import JOB_COLUMNS, Writer, job_info, store_error
 
 __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("laneway.store")
 
 _RETENTION_EVERY = 60.0
 _PRUNE_CHUNK = 5_000
@@ -64,6 +73,10 @@ class SQLiteStore(Store):
         self._closed = False
         self._since = 0.0
         self._last_retention = 0.0
+        #: (st_dev, st_ino) of the database file this store opened.
+        self._identity: tuple[int, int] | None = None
+        #: Why the store stopped accepting writes (its file went away), if it did.
+        self._gone: str | None = None
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path}>"
@@ -128,6 +141,16 @@ class SQLiteStore(Store):
         conn.execute(f"PRAGMA synchronous = {self.settings.synchronous.upper()}")
         return conn
 
+    def _connect_reader(self) -> sqlite3.Connection:
+        # mode=rw: a reader never creates a file where the database was removed.
+        return sqlite3.connect(
+            f"{self.path.as_uri()}?mode=rw",
+            uri=True,
+            timeout=self.settings.busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+
     def _prepare(self, conn: sqlite3.Connection) -> None:
         # The first statement reads the header: a corrupt file fails here, before any write.
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -138,7 +161,9 @@ class SQLiteStore(Store):
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job
         migrate(conn)
+        check_owner(conn, self.url, self._stale_after())
         self._since = time.time()
+        self._identity = _identity(self.path)
         conn.execute(
             "INSERT INTO owner (id, pid, host, since, heartbeat_at) VALUES (1, ?, ?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET pid = excluded.pid, host = excluded.host,"
@@ -187,6 +212,10 @@ class SQLiteStore(Store):
         if fd is not None:
             os.close(fd)  # closing the descriptor drops the flock
 
+    def _stale_after(self) -> float:
+        """A heartbeat older than this is a dead owner's."""
+        return 3 * (self.maintain_interval or 5.0)
+
     async def close(self) -> None:
         writer = self._writer
         self._closed = True
@@ -197,6 +226,8 @@ class SQLiteStore(Store):
         await asyncio.to_thread(writer.join)
         await asyncio.to_thread(self._checkpointer.stop)
         self._writer = None
+        if self._gone is None:
+            await asyncio.to_thread(self._disown)
         while True:
             try:
                 self._readers.get_nowait().close()
@@ -204,13 +235,32 @@ class SQLiteStore(Store):
                 break
         self._release()
 
+    def _disown(self) -> None:
+        # A clean close says so, so the next opener need not wait for the heartbeat to age.
+        with contextlib.suppress(sqlite3.Error), contextlib.closing(self._connect()) as conn:
+            conn.execute("UPDATE owner SET heartbeat_at = 0 WHERE pid = ?", (os.getpid(),))
+
     async def ping(self) -> None:
         if self._writer is None or not self._writer.alive:
             raise StoreError(f"{self.url} is not open")
+        self._check_file()
         await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
 
+    def _check_file(self) -> None:
+        """Raise (and refuse writes from now on) if our database file is gone or replaced."""
+        if self._gone is None and _identity(self.path) != self._identity:
+            self._gone = (
+                f"{self.url}: the database file {self.path} was deleted or replaced while "
+                "this store had it open; refusing writes (restore it and restart)"
+            )
+            log.error("store.file_lost: %s", self._gone, extra={"path": str(self.path)})
+        if self._gone is not None:
+            raise StoreError(self._gone)
+
     async def maintain(self) -> None:
-        """Renew the owner row's heartbeat; every minute, apply retention."""
+        """Check the database file, renew the owner row's heartbeat; every minute,
+        apply retention."""
+        self._check_file()
         await self._write(Writer.heartbeat, (os.getpid(), socket.gethostname(), self._since))
         now = time.time()
         if now - self._last_retention >= _RETENTION_EVERY:
@@ -241,9 +291,9 @@ class SQLiteStore(Store):
 
     def _write(self, op: Callable[..., T], args: tuple[Any, ...]) -> asyncio.Future[T]:
         writer = self._writer
-        if writer is None or self._closed:
+        if writer is None or self._closed or self._gone is not None:
             fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-            fut.set_exception(StoreError(f"{self.url} is not open"))
+            fut.set_exception(StoreError(self._gone or f"{self.url} is not open"))
             return fut
         return cast("asyncio.Future[T]", writer.submit(op, args))
 
@@ -279,8 +329,9 @@ class SQLiteStore(Store):
         reason: str,
         lost: bool,
         delay: float,
+        counts_attempt: bool = True,
     ) -> asyncio.Future[Event | None]:
-        args = (job_id, attempt, clean_text(error), reason, lost, delay)
+        args = (job_id, attempt, clean_text(error), reason, lost, delay, counts_attempt)
         return self._write(Writer.retry, args)
 
     def finish(
@@ -315,7 +366,7 @@ class SQLiteStore(Store):
             conn = None
         try:
             if conn is None:
-                conn = self._connect()
+                conn = self._connect_reader()
                 conn.execute("PRAGMA query_only = 1")
             return fn(conn)
         except sqlite3.Error as exc:
@@ -391,6 +442,14 @@ class SQLiteStore(Store):
             return [_event(row) for row in reversed(rows)]
 
         return await self._read(read)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _event(row: tuple[Any, ...]) -> Event:

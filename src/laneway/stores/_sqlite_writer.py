@@ -577,15 +577,23 @@ class Writer:
         return self._event(session, job_id, kind, data, encoded)
 
     def retry(
-        self, job_id: str, attempt: int, error: str | None, reason: str, lost: bool, delay: float
+        self,
+        job_id: str,
+        attempt: int,
+        error: str | None,
+        reason: str,
+        lost: bool,
+        delay: float,
+        counts_attempt: bool,
     ) -> Event | None:
         rec = self._job(job_id)
         if rec is None or not rules.may_retry(rec.state, rec.attempts, attempt):
             return None
         rec.state, rec.error, rec.reason = "queued", error, reason
         rec.lost += int(lost)
+        rec.attempts = rules.retried_attempts(attempt, counts_attempt)
         self._touch(rec, time.time())
-        data = rules.retry_data(attempt, reason, error, delay)
+        data = rules.retry_data(attempt, reason, error, delay, counts_attempt)
         return self._event(rec.session, job_id, "job.retry", data, _json_encode(data))
 
     def finish(
@@ -622,7 +630,7 @@ class Writer:
         if row is None or not rules.may_requeue(row[3]):
             return None
         rec = _Live.from_row(row)
-        previous = rec.state
+        previous, attempts, lost = rec.state, rec.attempts, rec.lost
         rec.state, rec.attempts, rec.lost = "queued", 0, 0
         rec.result, rec.error, rec.reason = "null", None, None
         self._touch(rec, time.time())
@@ -637,12 +645,8 @@ class Writer:
             reason=None,
             updated_at=rec.updated_at,
         )
-        data = rules.requeued_data(rec.handler, info.payload, previous)
-        text = (
-            f'{{"handler":{_encode(rec.handler)},"payload":{rec.payload},'
-            f'"requeued_from":"{previous}"}}'
-        )
-        return info, self._event(rec.session, job_id, "job.queued", data, text)
+        data = rules.requeued_data(rec.handler, info.payload, previous, attempts, lost)
+        return info, self._event(rec.session, job_id, rules.REQUEUED_KIND, data, _json_encode(data))
 
     # -- upkeep (writer thread) ---------------------------------------------------
 
