@@ -13,15 +13,17 @@ Exactly one terminal state per job (guarantee 3): ``_terminal()`` is the only
 place that writes one, it runs once per job (the job leaves the live table
 when its write commits), and the store refuses a second terminal write.
 
-Slots are decided by a ``SlotSource`` (see ``_slots``); runners by the
-handler's isolation (see ``_runner``); verdicts by ``_policy.decide``.
+Slots are decided by a ``SlotSource`` (see ``_slots``): the in-process lane
+table, or with a store that claims for many nodes, ``ClaimedSlots`` (see
+``_claimed``); runners by the handler's isolation (see ``_runner``); verdicts
+by ``_policy.decide``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
@@ -30,7 +32,9 @@ from .._errors import LanewayError, Overloaded, StoreError, WorkerLost
 from .._types import Event, JobInfo, JobState, Outcome, Reason
 from ..stores import Store
 from ..stores._base import Committed, Write
+from ..stores._claiming import ClaimingStore, Lost
 from ._attempt import Attempt, JobRecord
+from ._claimed import ClaimedSlots
 from ._config import Config, HandlerSpec
 from ._context import TurnContext
 from ._events import EventBus
@@ -75,7 +79,13 @@ class Dispatcher:
         self.timers = Timers(loop)
         self.max_event_bytes = config.max_event_bytes
         self.reaper = Reaper(loop)
-        self.slots: SlotSource[JobRecord] = local_slots(config.lanes, config.session_limit)
+        #: Set when the store decides slots for a cluster (PostgreSQL).
+        self.claims = ClaimedSlots(store, config) if isinstance(store, ClaimingStore) else None
+        self.slots: SlotSource[JobRecord] = self.claims or local_slots(
+            config.lanes, config.session_limit
+        )
+        self._handlers: Mapping[str, HandlerSpec] = {}
+        self._order: Callable[[int], tuple[int, int]] = lambda priority: (-priority, 0)
         self.jobs: dict[str, JobRecord] = {}
         self.running: dict[str, Attempt] = {}
         #: Queued jobs in the order they were queued (the monitor reads the oldest).
@@ -156,7 +166,10 @@ class Dispatcher:
         now = self.loop.time()
         att = Attempt(self, job, job.attempts, now)
         self.running[job.id] = att
-        started = self.store.start_attempt(job.id, att.number)
+        claimed = self.claims.started(job) if self.claims is not None else None
+        started: Write[Event | None] = (
+            self.store.start_attempt(job.id, att.number) if claimed is None else Committed(claimed)
+        )
         att.task = self.loop.create_task(self._run(att, started))
         first = job.limits.first_check
         if first is not None:
@@ -260,6 +273,8 @@ class Dispatcher:
     # -- verdicts ----------------------------------------------------------------
 
     def _apply(self, job: JobRecord, attempt: int, verdict: Verdict, result: Any) -> None:
+        if verdict.state is JobState.RUNNING:  # another node owns the attempt now
+            return
         if verdict.lost:
             job.lost += 1
         if verdict.state is not JobState.QUEUED:
@@ -447,17 +462,23 @@ class Dispatcher:
         unfinished: Iterable[JobInfo],
         handlers: Mapping[str, HandlerSpec],
         order: Callable[[int], tuple[int, int]],
+        bystanders: frozenset[str] = frozenset(),
     ) -> None:
-        """Re-queue what the last owner left; attempts it left running were lost."""
+        """Re-queue what the last owner left; attempts it left running were lost
+        (``bystanders``: ids lost beside others, not counted as losses)."""
         now = self.loop.time()
         for info in unfinished:
             spec = handlers.get(info.handler)
             if spec is None:
                 self._unknown_handler(info)
                 continue
-            job = JobRecord(info.id, info.session, spec, info.payload, order(info.priority))
+            job = self.jobs.get(info.id) or JobRecord(
+                info.id, info.session, spec, info.payload, order(info.priority)
+            )
             job.attempts, job.lost = info.attempts, info.lost
-            if info.state is JobState.RUNNING and not self._recover_lost(job, info):
+            if info.state is JobState.RUNNING and not self._recover_lost(
+                job, info, info.id in bystanders
+            ):
                 continue
             self.enqueue(job, now)
 
@@ -473,7 +494,7 @@ class Dispatcher:
         )
         _when_written(write, self._published)
 
-    def _recover_lost(self, job: JobRecord, info: JobInfo) -> bool:
+    def _recover_lost(self, job: JobRecord, info: JobInfo, bystander: bool = False) -> bool:
         """Decide a job whose attempt was in flight at the crash; True to re-queue it."""
         what = Happened(
             Ended.LOST,
@@ -484,6 +505,7 @@ class Dispatcher:
             job.attempts,
             job.lost,
             recovered=True,
+            bystander=bystander,
         )
         verdict = decide(what, job.spec.rules)
         log.warning(
@@ -493,9 +515,14 @@ class Dispatcher:
             extra={"job_id": job.id, "session": job.session, "lost": job.lost + 1},
         )
         if verdict.state is JobState.QUEUED:
-            job.lost += 1
+            job.lost += verdict.lost
             write = self.store.retry(
-                job.id, job.attempts, error=verdict.error, reason=Reason.LOST, lost=True, delay=0.0
+                job.id,
+                job.attempts,
+                error=verdict.error,
+                reason=Reason.LOST,
+                lost=verdict.lost,
+                delay=0.0,
             )
             _when_written(write, self._published)
             return True
@@ -504,6 +531,44 @@ class Dispatcher:
         self.idle.clear()
         self._apply(job, job.attempts, verdict, None)
         return False
+
+    # -- a cluster's claims (ClaimOwner) -----------------------------------------
+
+    async def start_slots(
+        self, handlers: Mapping[str, HandlerSpec], order: Callable[[int], tuple[int, int]]
+    ) -> None:
+        """Start claiming from the store, if it decides slots (a no-op otherwise)."""
+        self._handlers, self._order = handlers, order
+        if self.claims is not None:
+            await self.claims.start(self, handlers)
+
+    async def close_slots(self) -> None:
+        """Stop claiming; give back won jobs that never started, uncounted."""
+        if self.claims is None:
+            return
+        for job, attempt in await self.claims.close():
+            self.store.retry(
+                job.id, attempt, error=None, reason=Reason.SHUTDOWN, lost=False, delay=0.0
+            )
+
+    def adopt(self, info: JobInfo) -> JobRecord | None:
+        spec = self._handlers.get(info.handler)
+        if spec is None:
+            return None
+        job = JobRecord(info.id, info.session, spec, info.payload, self._order(info.priority))
+        job.lost = info.lost
+        self.enqueue(job)
+        return job
+
+    def settle(self, job: JobRecord, info: JobInfo) -> None:
+        self.queued.pop(job.id, None)
+        self._cancel_job_timers(job)
+        self._finished(job, info.state, info.reason, info.error, info.result, None)
+
+    def reaped(self, lost: Sequence[Lost]) -> None:
+        bystanders = frozenset(r.job.id for r in lost if r.in_flight > 1)
+        self.recover([r.job for r in lost], self._handlers, self._order, bystanders)
+        self.pump()
 
     # -- close -------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from .._types import JobState, Reason, Retry
 
-__all__ = ["SUCCEED", "Ended", "Happened", "Rules", "Verdict", "decide"]
+__all__ = ["ELSEWHERE", "SUCCEED", "Ended", "Happened", "Rules", "Verdict", "decide"]
 
 
 class Ended(enum.Enum):
@@ -52,6 +52,9 @@ class Happened(NamedTuple):
     no_retry: bool = False
     #: Found ``running`` at start-up: the last owner died under it; retry at once.
     recovered: bool = False
+    #: Lost beside other attempts on a node that died: it may not be the culprit,
+    #: so the loss is not counted toward ``poison_after`` (nor as an attempt).
+    bystander: bool = False
 
 
 class Rules(NamedTuple):
@@ -77,6 +80,8 @@ class Verdict(NamedTuple):
 SUCCEED = Verdict(JobState.SUCCEEDED)
 _SHUTDOWN = Verdict(JobState.QUEUED, Reason.SHUTDOWN, "shutdown")
 _STOPPED = Verdict(JobState.CANCELLED, Reason.STOPPED)
+#: The node lost its lease: another node owns the attempt now and decides it.
+ELSEWHERE = Verdict(JobState.RUNNING, Reason.LOST, "the node lost its lease")
 
 
 def decide(what: Happened, rules: Rules) -> Verdict:
@@ -86,6 +91,8 @@ def decide(what: Happened, rules: Rules) -> Verdict:
         return SUCCEED
     if reason is Reason.SHUTDOWN:
         return _SHUTDOWN
+    if reason is Reason.LOST:
+        return ELSEWHERE
     if reason is Reason.DEADLINE or reason is Reason.IDLE:
         return _failed(what, rules, JobState.TIMED_OUT, reason, f"{reason} limit exceeded")
     if reason is not None or what.ended is Ended.CANCELLED:
@@ -115,6 +122,8 @@ def _failed(
 
 def _lost(what: Happened, rules: Rules) -> Verdict:
     """One more attempt lost: ``dead`` at ``poison_after``, else retry or ``failed``."""
+    if what.bystander:
+        return Verdict(JobState.QUEUED, Reason.LOST, what.error, counts_attempt=False)
     if what.lost + 1 >= rules.poison_after:
         return Verdict(JobState.DEAD, Reason.LOST, what.error, lost=True)
     if may_retry(what, rules.retry):

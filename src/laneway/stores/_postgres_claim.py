@@ -185,7 +185,7 @@ WHERE slots.lane = v.lane AND slots.slot = v.slot
 
 _START = f"""
 UPDATE jobs SET state = 'running', attempts = attempts + 1, output = false, epoch = $2,
-    updated_at = $3
+    updated_at = $3, stop_requested = false
 WHERE num = ANY($1::bigint[]) AND state = 'queued'
 RETURNING {JOB_COLUMNS}, num
 """
