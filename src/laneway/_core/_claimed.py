@@ -55,6 +55,9 @@ class ClaimOwner(Protocol):
     def reaped(self, lost: Sequence[Lost]) -> None:
         """Decide attempts taken over from dead nodes."""
 
+    def events_elsewhere(self, sessions: set[str] | None) -> None:
+        """Some node wrote events of these sessions (None: maybe any session)."""
+
 
 class ClaimedSlots:
     """Jobs this node queued or won; the database holds the lanes themselves."""
@@ -243,8 +246,11 @@ class ClaimedSlots:
         loop = asyncio.get_running_loop()
         last = -1e18
         while True:
-            await self._hints.wait()
+            hints = await self._hints.wait()
             self._kick.set()  # a hint, or a poll: either way, look for work
+            if hints.all_sessions or hints.sessions:
+                assert self._owner is not None
+                self._owner.events_elsewhere(None if hints.all_sessions else hints.sessions)
             tick = self._tick
             if loop.time() - last >= self.store.poll * 0.5 and (tick is None or tick.done()):
                 last = loop.time()

@@ -213,7 +213,8 @@ class Dispatcher:
         self, att: Attempt, ended: Ended, result: Any, error: BaseException | None
     ) -> None:
         job = att.job
-        del self.running[job.id]
+        if self.running.get(job.id) is att:  # a zombie may end after its job ran again
+            del self.running[job.id]
         self.slots.release(job)
         first = job.limits.first_check
         if first is not None:
@@ -564,6 +565,9 @@ class Dispatcher:
         self.queued.pop(job.id, None)
         self._cancel_job_timers(job)
         self._finished(job, info.state, info.reason, info.error, info.result, None)
+
+    def events_elsewhere(self, sessions: set[str] | None) -> None:
+        self.bus.written_elsewhere(sessions)
 
     def reaped(self, lost: Sequence[Lost]) -> None:
         bystanders = frozenset(r.job.id for r in lost if r.in_flight > 1)

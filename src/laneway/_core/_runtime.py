@@ -387,8 +387,8 @@ class Laneway:
         d = self._require_running()
         job = d.jobs.get(job_id)
         att = d.running.get(job_id)
-        if d.claims is not None and att is None and (job is None or job.state is JobState.RUNNING):
-            return bool(await d.claims.stop_elsewhere(None, job_id))  # running on another node
+        if d.claims is not None and att is None and await d.claims.stop_elsewhere(None, job_id):
+            return True  # it was running on another node, which has ended it
         if job is None or job.state.terminal:
             return False
         if att is not None:
