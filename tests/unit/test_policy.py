@@ -85,3 +85,17 @@ def test_losses_count_toward_poison_and_recovery_retries_at_once() -> None:
     assert (dead.state, dead.reason, dead.lost) == (JobState.DEAD, Reason.LOST, True)
     spent = decide(happened(Ended.LOST, attempts=3, lost=1), RULES)
     assert (spent.state, spent.lost) == (JobState.FAILED, True)
+
+
+def test_a_bystander_of_a_dead_node_goes_back_uncounted_even_at_its_last_loss() -> None:
+    what = happened(Ended.LOST, attempts=3, lost=2, recovered=True)._replace(bystander=True)
+    verdict = decide(what, RULES)
+    assert (verdict.state, verdict.reason, verdict.delay) == (JobState.QUEUED, Reason.LOST, 0.0)
+    assert (verdict.lost, verdict.counts_attempt) == (False, False)
+    alone = decide(what._replace(bystander=False), RULES)
+    assert (alone.state, alone.lost) == (JobState.DEAD, True)
+
+
+def test_an_attempt_cancelled_for_a_lost_lease_is_left_to_its_new_owner() -> None:
+    verdict = decide(happened(Ended.CANCELLED, Reason.LOST), RULES)
+    assert (verdict.state, verdict.lost) == (JobState.RUNNING, False)
