@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from .._types import Event, JobInfo, JobState, Reason
@@ -80,6 +80,7 @@ class ClaimedSlots:
         self._tasks: list[asyncio.Task[None]] = []
         self._hints: HintSource | None = None
         self._tick: asyncio.Task[None] | None = None
+        self._claiming: Awaitable[Sequence[Claim]] | None = None
 
     # -- life ----------------------------------------------------------------------
 
@@ -96,12 +97,16 @@ class ClaimedSlots:
     async def close(self) -> list[tuple[JobRecord, int]]:
         """Stop claiming; returns the won jobs that never started (to give back)."""
         tasks = [*self._tasks, *([self._tick] if self._tick is not None else [])]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        while not all(task.done() for task in tasks):
+            # Again until done: Python 3.11's wait_for (in the listener) can swallow one.
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=0.1)
         self._tasks = []
+        claiming, self._claiming = self._claiming, None
+        if claiming is not None:  # it commits whatever we do: take what it won, to give back
+            with contextlib.suppress(Exception):
+                self._take(await claiming, start=False)
         won = [(job, self._starts[job.id].data["attempt"]) for job in self._ready]
         self._ready.clear()
         return won
@@ -209,9 +214,15 @@ class ClaimedSlots:
             free = self.capacity - sum(self._active.values()) - len(self._ready)
             if free <= 0:
                 continue
+            claiming = self._claiming = asyncio.ensure_future(
+                self.store.claim(free, self._handler_lanes)
+            )
             try:
-                won = await self.store.claim(free, self._handler_lanes)
+                # Shielded: a claim cut off by close() still commits; close() collects it.
+                won = await asyncio.shield(claiming)
+                self._claiming = None
             except Exception as exc:
+                self._claiming = None
                 log.warning("store.claim_failed: %s", exc, extra={"error": repr(exc)})
                 await asyncio.sleep(self.store.poll)
                 self._kick.set()
@@ -220,7 +231,7 @@ class ClaimedSlots:
             if len(won) == free:
                 self._kick.set()  # there may be more
 
-    def _take(self, won: Sequence[Claim]) -> None:
+    def _take(self, won: Sequence[Claim], *, start: bool = True) -> None:
         owner = self._owner
         assert owner is not None
         for claim in won:
@@ -236,7 +247,7 @@ class ClaimedSlots:
                 del self._starts[job_id]
                 continue
             job.attempts = claim.attempt - 1  # the dispatcher counts the start
-        if won:
+        if won and start:
             owner.pump()
 
     # -- the poll tick -----------------------------------------------------------------
