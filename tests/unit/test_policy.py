@@ -146,3 +146,8 @@ def test_a_crash_bystander_is_a_suspect_given_back_uncounted_never_dead() -> Non
     assert decide(streamed, RULES)[:2] == (JobState.FAILED, Reason.LOST)
     culprit = last_chance._replace(blamed=True)
     assert decide(culprit, RULES)[:2] == (JobState.DEAD, Reason.LOST)
+
+
+def test_an_attempt_cancelled_for_a_lost_lease_is_left_to_its_new_owner() -> None:
+    verdict = decide(happened(Ended.CANCELLED, Reason.LOST), RULES)
+    assert (verdict.state, verdict.lost) == (JobState.RUNNING, False)

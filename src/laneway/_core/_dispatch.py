@@ -13,8 +13,10 @@ Exactly one terminal state per job (guarantee 3): ``_terminal()`` is the only
 place that writes one, it runs once per job (the job leaves the live table
 when its write commits), and the store refuses a second terminal write.
 
-Slots are decided by a ``SlotSource`` (see ``_slots``); runners by the
-handler's isolation (see ``_runner``); verdicts by ``_policy.decide``.
+Slots are decided by a ``SlotSource`` (see ``_slots``): the in-process lane
+table, or with a store that claims for many nodes, ``ClaimedSlots`` (see
+``_claimed``); runners by the handler's isolation (see ``_runner``); verdicts
+by ``_policy.decide``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from .._errors import LanewayError, Overloaded, StoreError, WorkerLost
 from .._types import Event, JobInfo, JobState, Outcome, Reason
 from ..stores import Store
 from ..stores._base import Committed, Write
+from ..stores._claiming import ClaimingStore, Lost
 from ._attempt import Attempt, JobRecord
+from ._claimed import ClaimedSlots
 from ._config import Config, HandlerSpec
 from ._context import TurnContext
 from ._events import EventBus
@@ -79,9 +83,13 @@ class Dispatcher:
         self.timers = Timers(loop)
         self.max_event_bytes = config.max_event_bytes
         self.reaper = Reaper(loop)
+        #: Set when the store decides slots for a cluster (PostgreSQL).
+        self.claims = ClaimedSlots(store, config) if isinstance(store, ClaimingStore) else None
         # Crash suspects also take the one slot of a lane of their own: they run alone.
         lanes = {**config.lanes, SUSPECT_LANE: 1}
-        self.slots: SlotSource[JobRecord] = local_slots(lanes, config.session_limit)
+        self.slots: SlotSource[JobRecord] = self.claims or local_slots(lanes, config.session_limit)
+        self._handlers: Mapping[str, HandlerSpec] = {}
+        self._order: Callable[[int], tuple[int, int]] = lambda priority: (-priority, 0)
         self.jobs: dict[str, JobRecord] = {}
         self.running: dict[str, Attempt] = {}
         #: Queued jobs in the order they were queued (the monitor reads the oldest).
@@ -166,7 +174,10 @@ class Dispatcher:
         now = self.loop.time()
         att = Attempt(self, job, job.attempts, now)
         self.running[job.id] = att
-        started = self.store.start_attempt(job.id, att.number)
+        claimed = self.claims.started(job) if self.claims is not None else None
+        started: Write[Event | None] = (
+            self.store.start_attempt(job.id, att.number) if claimed is None else Committed(claimed)
+        )
         att.task = self.loop.create_task(self._run(att, started))
         first = job.limits.first_check
         if first is not None:
@@ -248,7 +259,8 @@ class Dispatcher:
         self, att: Attempt, ended: Ended, result: Any, error: BaseException | None
     ) -> None:
         job = att.job
-        del self.running[job.id]
+        if self.running.get(job.id) is att:  # a zombie may end after its job ran again
+            del self.running[job.id]
         self.slots.release(job)
         if job.suspect:  # it ended by itself: not the crash's culprit
             _suspect(job, False)
@@ -316,6 +328,8 @@ class Dispatcher:
     # -- verdicts ----------------------------------------------------------------
 
     def _apply(self, job: JobRecord, attempt: int, verdict: Verdict, result: Any) -> None:
+        if verdict.state is JobState.RUNNING:  # another node owns the attempt now
+            return
         if verdict.lost:
             job.lost += 1
         if not verdict.counts_attempt:
@@ -543,8 +557,12 @@ class Dispatcher:
         unfinished: Iterable[JobInfo],
         handlers: Mapping[str, HandlerSpec],
         order: Callable[[int], tuple[int, int]],
+        bystanders: frozenset[str] | None = None,
     ) -> None:
-        """Re-queue what the last owner left; blame its death on one job at most."""
+        """Re-queue what the last owner left; blame its death on one job at most.
+
+        ``bystanders`` (a dead node's attempts that were not alone on it) are never
+        blamed; without it, ``blame`` picks the culprit among all that were running."""
         now = self.loop.time()
         infos = list(unfinished)
         running = JobState.RUNNING
@@ -555,10 +573,13 @@ class Dispatcher:
             if spec is None:
                 self._unknown_handler(info)
                 continue
-            job = JobRecord(info.id, info.session, spec, info.payload, order(info.priority))
+            job = self.jobs.get(info.id) or JobRecord(
+                info.id, info.session, spec, info.payload, order(info.priority)
+            )
             job.attempts, job.lost = info.attempts, info.lost
             _suspect(job, info.reason in SUSPECT_MARKS)
-            blamed = info.id == culprit
+            # A dead node's attempt is blamed only if it was alone on that node.
+            blamed = info.id == culprit if bystanders is None else info.id not in bystanders
             if info.state is running and not self._recover_lost(job, info, len(in_flight), blamed):
                 continue
             self.enqueue(job, now)
@@ -608,6 +629,48 @@ class Dispatcher:
         self.idle.clear()
         self._apply(job, job.attempts, verdict, None)
         return False
+
+    # -- a cluster's claims (ClaimOwner) -----------------------------------------
+
+    async def start_slots(
+        self, handlers: Mapping[str, HandlerSpec], order: Callable[[int], tuple[int, int]]
+    ) -> None:
+        """Start claiming from the store, if it decides slots (a no-op otherwise)."""
+        self._handlers, self._order = handlers, order
+        if self.claims is not None:
+            await self.claims.start(self, handlers)
+
+    async def close_slots(self) -> None:
+        """Stop claiming; give back won jobs that never started, uncounted."""
+        if self.claims is None:
+            return
+        for job, attempt in await self.claims.close():
+            self.store.retry(
+                job.id, attempt, error=None, reason=Reason.SHUTDOWN, lost=False, delay=0.0,
+                counts_attempt=False,
+            )  # fmt: skip
+
+    def adopt(self, info: JobInfo) -> JobRecord | None:
+        spec = self._handlers.get(info.handler)
+        if spec is None:
+            return None
+        job = JobRecord(info.id, info.session, spec, info.payload, self._order(info.priority))
+        job.lost = info.lost
+        self.enqueue(job)
+        return job
+
+    def settle(self, job: JobRecord, info: JobInfo) -> None:
+        self.queued.pop(job.id, None)
+        self._cancel_job_timers(job)
+        self._finished(job, info.state, info.reason, info.error, info.result, None)
+
+    def events_elsewhere(self, sessions: set[str] | None) -> None:
+        self.bus.written_elsewhere(sessions)
+
+    def reaped(self, lost: Sequence[Lost]) -> None:
+        bystanders = frozenset(r.job.id for r in lost if r.in_flight > 1)
+        self.recover([r.job for r in lost], self._handlers, self._order, bystanders)
+        self.pump()
 
     # -- close -------------------------------------------------------------------
 

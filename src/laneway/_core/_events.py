@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from .._types import Event
 
@@ -54,6 +54,13 @@ class Subscription:
             await self._waiter
         finally:
             self._waiter = None
+
+    def reread(self) -> None:
+        """Events may have been written where this bus cannot see (another node):
+        the follower goes back to the store, as after an overflow."""
+        self.overflowed = True
+        self.buffer.clear()
+        self._wake()
 
     def unsubscribe(self) -> None:
         self._bus.discard(self)
@@ -109,6 +116,13 @@ class EventBus:
         if subs:
             for sub in tuple(subs):
                 sub.push(event)
+
+    def written_elsewhere(self, sessions: Iterable[str] | None) -> None:
+        """Followers of these sessions (all if None) re-read the store."""
+        keys = list(self._subs) if sessions is None else sessions
+        for key in keys:
+            for sub in tuple(self._subs.get(key, ())):
+                sub.reread()
 
     def subscribers(self) -> int:
         return sum(len(s) for s in self._subs.values())

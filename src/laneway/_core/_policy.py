@@ -24,7 +24,17 @@ from typing import NamedTuple
 
 from .._types import JobState, Reason, Retry
 
-__all__ = ["SUCCEED", "SUSPECT_MARKS", "Ended", "Happened", "Rules", "Verdict", "blame", "decide"]
+__all__ = [
+    "ELSEWHERE",
+    "SUCCEED",
+    "SUSPECT_MARKS",
+    "Ended",
+    "Happened",
+    "Rules",
+    "Verdict",
+    "blame",
+    "decide",
+]
 
 
 class Ended(enum.Enum):
@@ -57,7 +67,8 @@ class Happened(NamedTuple):
     #: Found ``running`` at start-up: the last owner died under it; retry at once.
     recovered: bool = False
     #: For a recovered attempt: the crash is its own (see ``blame``). Live losses
-    #: (a worker process running only this attempt died) are always its own.
+    #: (a worker process running only this attempt died) are always its own; an
+    #: attempt lost beside others on a node that died is not (``blamed=False``).
     blamed: bool = True
 
 
@@ -89,6 +100,8 @@ _SHUTDOWN_FAILED = Verdict(
 _STOPPED = Verdict(JobState.CANCELLED, Reason.STOPPED)
 #: The reasons a non-terminal job carries while it is a crash suspect (see ``blame``).
 SUSPECT_MARKS = frozenset({Reason.LOST.value, Reason.SUSPECT.value})
+#: The node lost its lease: another node owns the attempt now and decides it.
+ELSEWHERE = Verdict(JobState.RUNNING, Reason.LOST, "the node lost its lease")
 
 
 def decide(what: Happened, rules: Rules) -> Verdict:
@@ -99,6 +112,8 @@ def decide(what: Happened, rules: Rules) -> Verdict:
         return SUCCEED
     if reason is Reason.SHUTDOWN or (reason is None and ended is Ended.TORN_DOWN):
         return _shutdown(what, rules)
+    if reason is Reason.LOST:
+        return ELSEWHERE
     if reason is Reason.DEADLINE or reason is Reason.IDLE:
         return _failed(what, rules, JobState.TIMED_OUT, reason, f"{reason} limit exceeded")
     if reason is not None or ended is Ended.CANCELLED:

@@ -286,6 +286,7 @@ class Laneway:
             )
             self._watchdog.start()
         d.recover(unfinished, self._handlers, self._order)
+        await d.start_slots(self._handlers, self._order)
         d.timers.call_at(loop.time() + self._monitor.interval, self._scan)
         if self.store.maintain_interval:
             d.timers.call_at(loop.time() + self.store.maintain_interval, self._maintain)
@@ -310,6 +311,7 @@ class Laneway:
         d = self._live()
         self._state = _CLOSING
         d.accepting = False
+        await d.close_slots()
         await _drain(d, self.config.shutdown_grace if grace is None else grace, self._hurry)
         await _settle(d)
         d.shutdown()
@@ -400,6 +402,9 @@ class Laneway:
         cancelled, dropped, waits = d.stop_session(session, drop_queued)
         if waits:
             await asyncio.wait(waits)
+        if d.claims is not None:  # turns of this session running on other nodes
+            remote = await d.claims.stop_elsewhere(session, None)
+            cancelled += [job_id for job_id in remote if job_id not in cancelled]
         await _committed(d, [*cancelled, *dropped])
         return StopResult(cancelled=cancelled, dropped=dropped)
 
@@ -407,9 +412,11 @@ class Laneway:
         """Cancel a queued or running job; True if it was."""
         d = self._require_running()
         job = d.jobs.get(job_id)
+        att = d.running.get(job_id)
+        if d.claims is not None and att is None and await d.claims.stop_elsewhere(None, job_id):
+            return True  # it was running on another node, which has ended it
         if job is None or job.state.terminal:
             return False
-        att = d.running.get(job_id)
         if att is not None:
             done = att.ended_future(d.loop)
             att.cancel(Reason.STOPPED)

@@ -65,6 +65,8 @@ class PostgresStore(Store):
         self._pool: asyncpg.Pool | None = None
         self._listeners: list[Listener] = []
         self._closed = False
+        # The lease keeper's connection serves the heartbeat and the reaper: one at a time.
+        self._keeper_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.settings.dsn.split('@')[-1]} schema={self.settings.schema}>"
@@ -164,12 +166,13 @@ class PostgresStore(Store):
 
     async def maintain(self) -> None:
         """Heartbeat the lease; if it is gone, say so and register again."""
-        keeper = await self._keeper_conn()
         lease = self.settings.lease
-        if await claims.heartbeat(keeper, node=self.node, epoch=self.epoch, lease=lease):
-            return
-        old = self.epoch
-        self.epoch = await claims.register(keeper, node=self.node, lease=lease)
+        async with self._keeper_lock:
+            keeper = await self._keeper_conn()
+            if await claims.heartbeat(keeper, node=self.node, epoch=self.epoch, lease=lease):
+                return
+            old = self.epoch
+            self.epoch = await claims.register(keeper, node=self.node, lease=lease)
         if self._writer is not None:
             self._writer.epoch = self.epoch
         log.error(
@@ -219,9 +222,61 @@ class PostgresStore(Store):
 
     async def reap(self) -> list[Reaped]:
         """Adopt the running attempts of lapsed leases (on the lease's own connection)."""
-        adopted = await claims.reap(await self._keeper_conn(), epoch=self.epoch)
+        async with self._keeper_lock:
+            adopted = await claims.reap(await self._keeper_conn(), epoch=self.epoch)
         self._log_adopted(adopted)
         return adopted
+
+    # -- what the claiming slot source needs (see ``_claiming.ClaimingStore``) -------
+
+    @property
+    def poll(self) -> float:
+        return self.settings.poll
+
+    @property
+    def capacity(self) -> int:
+        return self.settings.capacity
+
+    async def jobs_by_id(self, ids: Sequence[str]) -> list[JobInfo]:
+        """The jobs with these ids, as committed (one query)."""
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1::text[])", list(ids)
+            )
+        )
+        return [job_info(row) for row in rows]
+
+    async def request_stop(self, session: str | None, job_id: str | None) -> list[str]:
+        """Flag running attempts (of ``session``, or the job ``job_id``) for their owner
+        node to cancel; returns the flagged job ids. The owner polls for its flags."""
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                "UPDATE jobs SET stop_requested = true WHERE state = 'running'"
+                " AND (session = $1 OR id = $2) RETURNING id",
+                session,
+                job_id,
+            )
+        )
+        return [row[0] for row in rows]
+
+    async def stop_requests(self) -> list[str]:
+        """Ids of this node's running attempts that another node asked to stop."""
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                "SELECT id FROM jobs WHERE state = 'running' AND epoch = $1 AND stop_requested",
+                self.epoch,
+            )
+        )
+        return [row[0] for row in rows]
+
+    async def lane_counts(self) -> list[tuple[str, int, int]]:
+        """(lane, cap, busy slots across the cluster) of every shared lane."""
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                "SELECT lane, count(*), count(job_id) FROM slots GROUP BY lane ORDER BY lane"
+            )
+        )
+        return [(row[0], int(row[1]), int(row[2])) for row in rows]
 
     # -- writes ------------------------------------------------------------------
 

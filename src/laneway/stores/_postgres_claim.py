@@ -185,8 +185,9 @@ WHERE slots.lane = v.lane AND slots.slot = v.slot
 
 _START = f"""
 UPDATE jobs SET state = 'running', attempts = attempts + 1, output = false, epoch = $2,
-    updated_at = $3
+    updated_at = $3, stop_requested = false
 WHERE num = ANY($1::bigint[]) AND state = 'queued'
+  AND EXISTS (SELECT 1 FROM nodes WHERE epoch = $2)  -- a node whose lease is gone claims nothing
 RETURNING {JOB_COLUMNS}, num
 """
 

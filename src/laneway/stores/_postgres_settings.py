@@ -1,6 +1,6 @@
 """PostgreSQL store settings, read from the store URL.
 
-``postgresql://user:pass@host:port/db?lease=30s&poll=1s&pool=10&schema=laneway&node=NAME``
+``postgresql://user:pass@host:port/db?lease=30s&poll=1s&pool=10&schema=laneway&node=NAME&capacity=N``
 (also ``postgres://``). laneway's own options are taken out of the query
 string; whatever is left (``sslmode=...`` and the like) goes to the driver.
 """
@@ -37,6 +37,8 @@ class PostgresSettings:
       takes its earlier attempts back at once instead of after the lease; two
       live processes must never share one. Default: a new name per process.
     - ``batch_max``: most writes committed in one transaction.
+    - ``capacity``: most attempts this node runs at once (its claims never ask
+      for more); the shared lanes' caps still hold across the cluster.
     """
 
     dsn: str
@@ -46,6 +48,7 @@ class PostgresSettings:
     schema: str = "public"
     node: str | None = None
     batch_max: int = 2048
+    capacity: int = 256
 
 
 def _duration(name: str, value: Any) -> float:
@@ -81,6 +84,8 @@ def _setting(settings: PostgresSettings, name: str, value: Any) -> PostgresSetti
         return replace(settings, poll=_duration(name, value))
     if name == "pool":
         return replace(settings, pool=_positive_int(name, value))
+    if name == "capacity":
+        return replace(settings, capacity=_positive_int(name, value))
     if name == "batch_max":
         return replace(settings, batch_max=_positive_int(name, value))
     if name == "schema":

@@ -2,7 +2,9 @@
 (see ``_postgres_writer``). Submits, starts and finishes are written as one
 statement for many calls (``BULK``); a single call is that statement with one row.
 
-This module is where the transition rules live, as SQL ``WHERE`` clauses:
+The transition rules are the rulebook's (``_rules``, shared by every store); this
+module enforces them in the database, as SQL ``WHERE`` clauses, so a write from
+any node is checked in the transaction that makes it:
 
 - start: ``state = 'queued' AND attempts = attempt - 1``;
 - any write of a running attempt (event, retry, finish): ``state = 'running'

@@ -26,7 +26,8 @@ CREATE TABLE jobs (
     reason text,
     run_after double precision NOT NULL DEFAULT 0,
     created_at double precision NOT NULL,
-    updated_at double precision NOT NULL
+    updated_at double precision NOT NULL,
+    stop_requested boolean NOT NULL DEFAULT false
 );
 CREATE UNIQUE INDEX jobs_idempotency ON jobs (session, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
