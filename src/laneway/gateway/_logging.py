@@ -17,6 +17,7 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
     "message",
     "asctime",
     "taskName",
+    "color_message",  # uvicorn's message again, with terminal colour codes
 }
 #: fields already shown in the message (a blocking stack spans many lines)
 _IN_MESSAGE = frozenset({"stack"})
