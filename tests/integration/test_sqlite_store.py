@@ -21,9 +21,10 @@ import pytest
 import laneway
 from laneway import ConfigError, JobState, StoreError
 from laneway.stores import open_store
+from laneway.stores._options import migration_files
 from laneway.stores._sqlite import SQLiteStore
 from laneway.stores._sqlite_checkpoint import COMMITS_PER_CHECKPOINT, COMMITS_PER_RESTART
-from laneway.stores._sqlite_schema import migrate, migrations, parse_url
+from laneway.stores._sqlite_schema import migrate, parse_url
 
 from .._helpers import SRC
 
@@ -347,7 +348,7 @@ def _normalise(sql: str) -> str:
 
 async def test_the_migrations_add_up_to_schema_sql() -> None:
     migrated = sqlite3.connect(":memory:", isolation_level=None)
-    assert migrate(migrated) == migrations()[-1][0]
+    assert migrate(migrated) == migration_files("sqlite")[-1][0]
     reference = sqlite3.connect(":memory:", isolation_level=None)
     reference.executescript(SCHEMA_SQL.read_text())
     assert _schema(migrated) == _schema(reference)
@@ -362,7 +363,7 @@ async def test_a_fresh_store_has_exactly_the_migrated_schema(tmp_path: Path) -> 
     migrate(migrated)
     assert _schema(fresh) == _schema(migrated)
     versions = [row[0] for row in fresh.execute("SELECT version FROM schema_version")]
-    assert versions == [number for number, _name, _sql in migrations()]
+    assert versions == [number for number, _name, _sql in migration_files("sqlite")]
     fresh.close()
 
 
@@ -373,7 +374,9 @@ async def test_migrations_run_once_and_a_newer_schema_is_refused(tmp_path: Path)
         await store.open()
         await store.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT count(*) FROM schema_version").fetchone()[0] == len(migrations())
+    assert conn.execute("SELECT count(*) FROM schema_version").fetchone()[0] == len(
+        migration_files("sqlite")
+    )
     conn.execute("INSERT INTO schema_version VALUES (9999, '9999_future.sql', 0)")
     conn.commit()
     conn.close()

@@ -14,8 +14,9 @@ import pytest
 import laneway
 from laneway import ConfigError, JobState, StoreError
 from laneway.stores import MemoryStore, Store, open_store
+from laneway.stores._options import migration_files
 from laneway.stores._postgres import PostgresStore
-from laneway.stores._postgres_schema import migrate, migrations
+from laneway.stores._postgres_schema import migrate
 from laneway.stores._postgres_settings import parse_url
 
 from ..pgserver import PostgresServer
@@ -163,7 +164,7 @@ async def _catalog(url: str, schema: str) -> set[tuple[str, str, str]]:
 async def test_the_migrations_add_up_to_schema_sql(postgres_url: str) -> None:
     conn = await connect(postgres_url)
     try:
-        assert await migrate(conn, "migrated") == migrations()[-1][0]
+        assert await migrate(conn, "migrated") == migration_files("postgres")[-1][0]
         await conn.execute("CREATE SCHEMA reference; SET search_path = reference")
         await conn.execute(SCHEMA_SQL.read_text())
     finally:
@@ -179,7 +180,7 @@ async def test_migrations_run_once_and_a_newer_schema_is_refused(postgres_url: s
         await store.open()
         await store.close()
     rows = await fetch(postgres_url, "SELECT version FROM schema_version ORDER BY version")
-    assert [r[0] for r in rows] == [number for number, _name, _sql in migrations()]
+    assert [r[0] for r in rows] == [number for number, _name, _sql in migration_files("postgres")]
     await fetch(postgres_url, "INSERT INTO schema_version VALUES (9999, '9999_future.sql', 0)")
     with pytest.raises(StoreError, match="newer than this laneway"):
         await PostgresStore(postgres_url).open()
@@ -190,7 +191,7 @@ async def test_nodes_starting_together_migrate_once(postgres_url: str) -> None:
     await asyncio.gather(*(s.open() for s in stores))
     try:
         rows = await fetch(postgres_url, "SELECT count(*) FROM schema_version")
-        assert rows[0][0] == len(migrations())
+        assert rows[0][0] == len(migration_files("postgres"))
     finally:
         for s in stores:
             await s.close()

@@ -10,28 +10,16 @@ from __future__ import annotations
 
 import time
 import zlib
-from importlib import resources
 from typing import Any
 
 import asyncpg
 
 from .._errors import StoreError
+from ._options import migration_files
 
-__all__ = ["connect", "current_version", "migrate", "migrations"]
+__all__ = ["connect", "current_version", "migrate"]
 
 _CONNECT_TIMEOUT = 10.0
-
-
-def migrations() -> list[tuple[int, str, str]]:
-    """``(version, file name, sql)`` of every migration, in order."""
-    folder = resources.files("laneway.stores").joinpath("migrations", "postgres")
-    found: list[tuple[int, str, str]] = []
-    for entry in folder.iterdir():
-        name = entry.name
-        if name.endswith(".sql") and name[:4].isdigit():
-            found.append((int(name[:4]), name, entry.read_text(encoding="utf-8")))
-    found.sort()
-    return found
 
 
 def _where(dsn: str) -> str:
@@ -76,7 +64,7 @@ async def current_version(conn: asyncpg.Connection, schema: str) -> int:
 
 async def migrate(conn: asyncpg.Connection, schema: str, *, upto: int | None = None) -> int:
     """Create ``schema`` if needed and apply the migrations it lacks; returns its version."""
-    known = migrations()
+    known = migration_files("postgres")
     newest = known[-1][0] if known else 0
     async with conn.transaction():
         # One key per schema: nodes starting together take turns, schemas do not.

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._errors import ConfigError
-from ._sqlite_schema import parse_duration
+from ._options import parse_duration, positive_int
 
 __all__ = ["PostgresSettings", "parse_url"]
 
@@ -67,27 +67,17 @@ def _duration(name: str, value: Any) -> float:
     return seconds
 
 
-def _positive_int(name: str, value: Any) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if number < 1:
-        raise ConfigError(f"postgresql store: {name} must be an int >= 1, got {value!r}")
-    return number
-
-
 def _setting(settings: PostgresSettings, name: str, value: Any) -> PostgresSettings:
     if name == "lease":
         return replace(settings, lease=_duration(name, value))
     if name == "poll":
         return replace(settings, poll=_duration(name, value))
     if name == "pool":
-        return replace(settings, pool=_positive_int(name, value))
+        return replace(settings, pool=positive_int(name, value, "postgresql store"))
     if name == "capacity":
-        return replace(settings, capacity=_positive_int(name, value))
+        return replace(settings, capacity=positive_int(name, value, "postgresql store"))
     if name == "batch_max":
-        return replace(settings, batch_max=_positive_int(name, value))
+        return replace(settings, batch_max=positive_int(name, value, "postgresql store"))
     if name == "schema":
         schema = str(value)
         if not _IDENTIFIER.match(schema):

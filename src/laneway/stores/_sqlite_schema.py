@@ -7,21 +7,17 @@ so a database is always at exactly one known version.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import time
 from dataclasses import dataclass, replace
-from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .._errors import ConfigError, StoreError
+from ._options import DAY, migration_files, parse_duration, positive_int
 
-__all__ = ["SQLiteSettings", "migrate", "migrations", "parse_duration", "parse_url"]
+__all__ = ["SQLiteSettings", "migrate", "parse_url"]
 
-DAY = 86_400.0
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3_600.0, "d": DAY}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _SYNCHRONOUS = ("normal", "full", "extra")
 
 
@@ -52,33 +48,6 @@ class SQLiteSettings:
     busy_timeout: float = 5.0
 
 
-def parse_duration(name: str, value: Any) -> float | None:
-    """Seconds from ``30``, ``90s``, ``15m``, ``12h``, ``7d``; ``none``/``off`` -> None."""
-    if value is None:
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and value.strip().lower() in ("none", "off", "forever"):
-        return None
-    elif isinstance(value, str) and (m := _DURATION.match(value.lower())):
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    else:
-        raise ConfigError(f"sqlite store: {name} must be a duration such as 30s, 7d or none")
-    if not seconds > 0:
-        raise ConfigError(f"sqlite store: {name} must be > 0 (or none), got {value!r}")
-    return seconds
-
-
-def _positive_int(name: str, value: Any) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if number < 1:
-        raise ConfigError(f"sqlite store: {name} must be an int >= 1, got {value!r}")
-    return number
-
-
 def _setting(settings: SQLiteSettings, name: str, value: Any) -> SQLiteSettings:
     if name == "synchronous":
         mode = str(value).lower()
@@ -94,7 +63,7 @@ def _setting(settings: SQLiteSettings, name: str, value: Any) -> SQLiteSettings:
     if name == "busy_timeout":
         return replace(settings, busy_timeout=parse_duration(name, value) or 0.0)
     if name == "batch_max":
-        return replace(settings, batch_max=_positive_int(name, value))
+        return replace(settings, batch_max=positive_int(name, value, "sqlite store"))
     raise ConfigError(f"sqlite store: unknown setting {name!r}")
 
 
@@ -118,18 +87,6 @@ def parse_url(url: str, **overrides: Any) -> SQLiteSettings:
     return settings
 
 
-def migrations() -> list[tuple[int, str, str]]:
-    """``(version, file name, sql)`` of every migration, in order."""
-    folder = resources.files("laneway.stores").joinpath("migrations", "sqlite")
-    found: list[tuple[int, str, str]] = []
-    for entry in folder.iterdir():
-        name = entry.name
-        if name.endswith(".sql") and name[:4].isdigit():
-            found.append((int(name[:4]), name, entry.read_text(encoding="utf-8")))
-    found.sort()
-    return found
-
-
 def current_version(conn: sqlite3.Connection) -> int:
     row = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
@@ -141,7 +98,7 @@ def current_version(conn: sqlite3.Connection) -> int:
 
 def migrate(conn: sqlite3.Connection, *, upto: int | None = None) -> int:
     """Apply the migrations the database lacks; returns the resulting version."""
-    known = migrations()
+    known = migration_files("sqlite")
     version = current_version(conn)
     newest = known[-1][0] if known else 0
     if version > newest:
