@@ -8,10 +8,11 @@ runs no-op jobs over S sessions with per-session order, two worker processes
 - laneway: the legs of ``bench_postgres_cluster.py`` (nodes from
   ``tests/postgres/_cluster_node.py``): 2 nodes with lane ``llm`` capped at 64,
   1 node, and 2 nodes without a cap, so the cost of coordination shows.
-- procrastinate: 2 workers (``peer_worker.py``), each job deferred with
-  ``lock=session`` (a session's jobs never overlap and run in id order). It has
-  no cap shared across workers: each worker runs ``concurrency=32``, a static
-  split of 64 that one idle worker cannot lend to the other.
+- procrastinate: 2 workers (``peer_worker.py`` running ``peer_apps.py``), each
+  job deferred with ``lock=session`` (a session's jobs never overlap and run in
+  id order). It has no cap shared across workers: each worker runs
+  ``concurrency=32``, a static split of 64 that one idle worker cannot lend to
+  the other.
 - DBOS Transact: 2 workers on a queue with ``partition_concurrency=1`` (partition
   key = session) and ``global_concurrency=64`` across workers, polled every
   ``--dbos-poll`` seconds (DBOS's default, 1 s); a second row without the global
@@ -52,13 +53,14 @@ from typing import Protocol
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import asyncpg
+from dbos import DBOS, DBOSClient, EnqueueOptions
 from tests.pgserver import PostgresServer
 from tests.postgres._cluster import Run, runs
 
 import bench_postgres_cluster as cluster
+import peer_apps
 
 WORKER = Path(__file__).with_name("peer_worker.py")
-POOL = 10
 CAP = 64
 IN_FLIGHT = 200
 _databases = itertools.count()
@@ -78,17 +80,12 @@ class Procrastinate:
     done_sql = "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'"
 
     async def open(self, url: str) -> None:
-        import procrastinate
-
-        self.app = procrastinate.App(
-            connector=procrastinate.PsycopgConnector(conninfo=url, min_size=1, max_size=POOL)
-        )
+        self.app, self.task = peer_apps.procrastinate_app(url)
         await self.app.open_async()
         await self.app.schema_manager.apply_schema_async()  # each leg has a fresh database
 
     async def add(self, job: str, session: str, i: int) -> None:
-        deferrer = self.app.configure_task("work", queue="bench", lock=session)
-        await deferrer.defer_async(job=job, session=session, i=i)
+        await self.task.configure(lock=session).defer_async(job=job, session=session, i=i)
 
     async def close(self) -> None:
         await self.app.close_async()
@@ -102,28 +99,26 @@ class Dbos:
         self.poll = poll
 
     async def open(self, url: str) -> None:
-        from dbos import DBOS, DBOSClient
-
         await asyncio.to_thread(DBOS.migrate, url)  # a client never creates the schema
         self.client = DBOSClient(
-            system_database_url=url, application_name="bench", system_database_pool_size=POOL
+            system_database_url=url,
+            application_name=peer_apps.APP,
+            system_database_pool_size=peer_apps.POOL,
         )
         await self.client.register_queue_async(
-            "bench",
+            peer_apps.QUEUE,
             partition_concurrency=1,
             global_concurrency=self.global_cap or None,
             polling_interval_sec=self.poll,
         )
 
     async def add(self, job: str, session: str, i: int) -> None:
-        from dbos import EnqueueOptions
-
         options: EnqueueOptions = {
-            "workflow_name": "work",
-            "queue_name": "bench",
+            "workflow_name": peer_apps.WORK,
+            "queue_name": peer_apps.QUEUE,
             "queue_partition_key": session,
             "workflow_id": job,
-            "app_version": "bench",
+            "app_version": peer_apps.APP,
         }
         await self.client.enqueue_async(options, job, session, i)
 
