@@ -194,7 +194,12 @@ async def _workers(peer: Peer, url: str, count: int) -> list[Worker]:
         )
         for k in range(count)
     ]
-    await asyncio.gather(*(w.start() for w in workers))
+    try:
+        await asyncio.gather(*(w.start() for w in workers))
+    except BaseException:
+        for w in workers:
+            await w.kill()
+        raise
     return workers
 
 
