@@ -28,8 +28,9 @@ process gets 10 connections (laneway's ``pool`` default). Medians of
 ``--rounds``.
 
     pip install -e '.[bench]'          # procrastinate and dbos
-    flock /tmp/laneway-bench.lock python benchmarks/bench_postgres_peers.py
-    python benchmarks/bench_postgres_peers.py --peer-jobs 2000 --jobs 5000 --rounds 3
+    flock /tmp/laneway-bench.lock python benchmarks/bench_postgres_peers.py    # ~7 min
+    python benchmarks/bench_postgres_peers.py --rounds 3 --kills 20            # ~16 min
+    python benchmarks/bench_postgres_peers.py --only laneway,procrastinate --peer-jobs 2000
 """
 
 from __future__ import annotations
