@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeAlias
 
 import procrastinate
 from dbos import DBOS, DBOSConfig
@@ -47,7 +47,7 @@ async def _work(job: str, session: str, i: int) -> None:
     _line("E", job, session, i)
 
 
-WorkTask = Task[[str, str, int], Coroutine[Any, Any, None], [str, str, int]]
+WorkTask: TypeAlias = Task[[str, str, int], Coroutine[Any, Any, None], [str, str, int]]
 
 
 def procrastinate_app(url: str) -> tuple[procrastinate.App, WorkTask]:
