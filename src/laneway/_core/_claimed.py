@@ -52,6 +52,9 @@ class ClaimOwner(Protocol):
     def settle(self, job: JobRecord, info: JobInfo) -> None:
         """Another node ended the job: deliver the committed outcome."""
 
+    def publish(self, event: Event) -> None:
+        """An event committed by the store for this node's call."""
+
     def reaped(self, lost: Sequence[Lost]) -> None:
         """Decide attempts taken over from dead nodes."""
 
@@ -194,17 +197,36 @@ class ClaimedSlots:
                 return lane
         return None
 
-    async def stop_elsewhere(self, session: str | None, job_id: str | None) -> list[str]:
-        """Ask the nodes running these turns to stop them; wait (``cancel_grace`` plus
-        two polls at most) until they are no longer running. The ids asked."""
-        ids = [i for i in await self.store.request_stop(session, job_id) if i not in self._starts]
+    async def stop(
+        self, session: str | None, job_id: str | None, *, drop_queued: bool
+    ) -> tuple[list[str], list[str]]:
+        """Stop across the cluster: the database ends the queued jobs (whichever node
+        accepted them) and flags the running ones; wait (``cancel_grace`` plus two
+        polls at most) until those no longer run. Returns (cancelled, dropped) ids:
+        running turns and retries waiting out a backoff, and queued jobs."""
+        owner = self._owner
+        assert owner is not None
+        stops = await self.store.stop_jobs(session, job_id, drop_queued=drop_queued)
+        cancelled: list[str] = []
+        dropped: list[str] = []
+        for info, event in stops.ended:
+            owner.publish(event)
+            job = self._pop_local(info.id) or self._elsewhere.pop(info.id, None)
+            if job is not None:
+                owner.settle(job, info)
+            (cancelled if info.attempts > 0 else dropped).append(info.id)
+        flagged = [i for i in stops.flagged if i not in self._starts]
+        for i in flagged:  # ours: at once, not at the next tick
+            att = owner.running.get(i)
+            if att is not None:
+                att.cancel(Reason.STOPPED)
         grace = ResolvedLimits.of(self.config.limits).cancel_grace
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace + 2 * self.store.poll + 1.0):
-                # The owner's poll answers the request; a read now and then sees it.
-                while ids and await self._any_running(ids):  # noqa: ASYNC110 - the database is the event
+                # The owner's poll answers the flag; a read now and then sees it.
+                while flagged and await self._any_running(flagged):  # noqa: ASYNC110 - the database is the event
                     await asyncio.sleep(min(0.05, self.store.poll))
-        return ids
+        return cancelled + flagged, dropped
 
     async def _any_running(self, ids: list[str]) -> bool:
         return any(info.state is JobState.RUNNING for info in await self.store.jobs_by_id(ids))

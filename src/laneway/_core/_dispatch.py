@@ -489,6 +489,9 @@ class Dispatcher:
         if event is not None:
             self.bus.publish(event)
 
+    def publish(self, event: Event) -> None:
+        self.bus.publish(event)
+
     # -- control -----------------------------------------------------------------
 
     def stop_session(
@@ -502,6 +505,9 @@ class Dispatcher:
             waits.append(att.ended_future(self.loop))
             att.cancel(Reason.STOPPED)
             cancelled.append(att.job.id)
+        if self.claims is not None:  # the queue is the database's: ``claims.stop`` ends it
+            self.pump()
+            return cancelled, [], waits
         queue = self.slots.queue_of(session)
         if queue and self.slots.is_held(session):  # a turn waiting out its retry backoff
             head = queue.pop(0)

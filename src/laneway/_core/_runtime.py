@@ -402,9 +402,9 @@ class Laneway:
         cancelled, dropped, waits = d.stop_session(session, drop_queued)
         if waits:
             await asyncio.wait(waits)
-        if d.claims is not None:  # turns of this session running on other nodes
-            remote = await d.claims.stop_elsewhere(session, None)
-            cancelled += [job_id for job_id in remote if job_id not in cancelled]
+        if d.claims is not None:  # its queue and its turns on every node
+            more, dropped = await d.claims.stop(session, None, drop_queued=drop_queued)
+            cancelled += [job_id for job_id in more if job_id not in cancelled]
         await _committed(d, [*cancelled, *dropped])
         return StopResult(cancelled=cancelled, dropped=dropped)
 
@@ -413,8 +413,11 @@ class Laneway:
         d = self._require_running()
         job = d.jobs.get(job_id)
         att = d.running.get(job_id)
-        if d.claims is not None and att is None and await d.claims.stop_elsewhere(None, job_id):
-            return True  # it was running on another node, which has ended it
+        if d.claims is not None and att is None:
+            # Queued in the database (whoever accepted it) or running on another node:
+            # the store decides which, in one write that no claim can interleave with.
+            cancelled, dropped = await d.claims.stop(None, job_id, drop_queued=True)
+            return bool(cancelled or dropped)
         if job is None or job.state.terminal:
             return False
         if att is not None:

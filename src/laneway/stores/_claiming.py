@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from .._types import Event, JobInfo
 
-__all__ = ["Claim", "ClaimingStore", "Hints", "HintSource", "Lost"]
+__all__ = ["Claim", "ClaimingStore", "HintSource", "Hints", "Lost", "Stops"]
 
 
 class Claim(Protocol):
@@ -37,6 +37,17 @@ class Lost(Protocol):
 
     @property
     def in_flight(self) -> int: ...
+
+
+class Stops(Protocol):
+    """What a stop did: queued jobs it ended (committed, with their terminal events)
+    and the running jobs it flagged for their owner nodes to cancel."""
+
+    @property
+    def ended(self) -> Sequence[tuple[JobInfo, Event]]: ...
+
+    @property
+    def flagged(self) -> Sequence[str]: ...
 
 
 class Hints(Protocol):
@@ -76,7 +87,9 @@ class ClaimingStore(Protocol):
 
     async def jobs_by_id(self, ids: Sequence[str]) -> list[JobInfo]: ...
 
-    async def request_stop(self, session: str | None, job_id: str | None) -> list[str]: ...
+    def stop_jobs(
+        self, session: str | None, job_id: str | None, *, drop_queued: bool
+    ) -> Awaitable[Stops]: ...
 
     async def stop_requests(self) -> list[str]: ...
 

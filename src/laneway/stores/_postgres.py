@@ -26,6 +26,7 @@ from .._codec import canonical, clean_text
 from .._errors import StoreError
 from .._types import Event, JobInfo, JobState
 from . import _postgres_claim as claims
+from . import _postgres_control as control
 from . import _postgres_writes as writes
 from ._base import Store, namespace_of
 from ._postgres_claim import Claimed, Reaped
@@ -246,18 +247,15 @@ class PostgresStore(Store):
         )
         return [job_info(row) for row in rows]
 
-    async def request_stop(self, session: str | None, job_id: str | None) -> list[str]:
-        """Flag running attempts (of ``session``, or the job ``job_id``) for their owner
-        node to cancel; returns the flagged job ids. The owner polls for its flags."""
-        rows = await self._read(
-            lambda conn: conn.fetch(
-                "UPDATE jobs SET stop_requested = true WHERE state = 'running'"
-                " AND (session = $1 OR id = $2) RETURNING id",
-                session,
-                job_id,
-            )
-        )
-        return [row[0] for row in rows]
+    def stop_jobs(
+        self, session: str | None, job_id: str | None, *, drop_queued: bool
+    ) -> asyncio.Future[control.Stopped]:
+        """End the queued jobs of ``session`` (all, with ``drop_queued``; else a retry
+        waiting out its backoff) or the job ``job_id``, and flag their running attempts
+        for their owner nodes to cancel (see ``_postgres_control``)."""
+        args = (session, job_id, drop_queued)
+        sessions = (session,) if session is not None else ()
+        return self._write(control.stop_jobs, args, sessions=sessions, job_id=job_id)
 
     async def stop_requests(self) -> list[str]:
         """Ids of this node's running attempts that another node asked to stop."""
