@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from laneway import JobState, Laneway, Limits, Retry, TurnContext
+from laneway import JobState, Laneway, Limits, Overloaded, Retry, TurnContext
 
 from ._db import connect, fetch
 
@@ -29,6 +29,7 @@ async def make(postgres_url: str) -> AsyncIterator[Factory]:
     def factory(options: str = "", **kwargs: Any) -> Laneway:
         kwargs.setdefault("watchdog_threshold", None)
         kwargs.setdefault("limits", Limits(cancel_grace=GRACE))
+        kwargs.setdefault("shutdown_grace", GRACE)  # turns left running end at close
         lw = Laneway(f"{postgres_url}&poll={int(POLL * 1000)}ms{options}", **kwargs)
         made.append(lw)
         return lw
@@ -214,3 +215,78 @@ async def test_requeue_on_another_node_runs_the_job_once_more(
             await asyncio.sleep(3 * POLL)
     assert ran == [job.id, job.id]
     assert await endings(postgres_url, job.id) == ["job.failed", "job.succeeded"]
+
+
+def blocked(lw: Laneway, release: asyncio.Event, ran: list[str]) -> None:
+    """``block`` holds the one ``llm`` slot until ``release``; ``work`` needs it too."""
+
+    @lw.handler("block", lanes=("llm",))
+    async def block(ctx: TurnContext, payload: Any) -> None:
+        ran.append(ctx.job_id)
+        await release.wait()
+
+    @lw.handler("work", lanes=("llm",))
+    async def work(ctx: TurnContext, payload: Any) -> None:
+        ran.append(ctx.job_id)
+
+
+@pytest.mark.parametrize(
+    ("bounds", "sessions"),
+    [
+        ({"max_queued_per_session": 3}, ["s", "s", "s", "s"]),
+        ({"max_queued": 3}, ["p", "q", "r", "t"]),
+    ],
+    ids=["max_queued_per_session", "max_queued"],
+)
+async def test_queue_bounds_hold_across_nodes(
+    make: Factory, bounds: dict[str, int], sessions: list[str]
+) -> None:
+    release = asyncio.Event()
+    ran: list[str] = []
+    a, b = make(lanes={"llm": 1}, **bounds), make(lanes={"llm": 1}, **bounds)
+    blocked(a, release, ran)
+    blocked(b, release, ran)
+    async with a, b:
+        await a.submit("x", "block")
+        await until(lambda: _ran(ran))  # nothing else can start: the queue only grows
+        accepted = [
+            await node.submit(s, "work") for node, s in zip([a, b, a], sessions, strict=False)
+        ]
+        for node in (b, a):  # the 4th, on either node
+            with pytest.raises(Overloaded):
+                await node.submit(sessions[3], "work")
+        release.set()
+        async with asyncio.timeout(10):  # nothing accepted is lost
+            outcomes = [await job.wait() for job in accepted]
+        assert {o.state for o in outcomes} == {JobState.SUCCEEDED}
+        again = await b.submit(sessions[3], "work")  # room again
+        async with asyncio.timeout(10):
+            assert (await again.wait()).state is JobState.SUCCEEDED
+
+
+async def test_the_snapshot_shows_which_node_runs_what(make: Factory) -> None:
+    ran: list[str] = []
+    a, b = make("&node=node-a"), make("&node=node-b")
+    handlers(a, ran, "on_a")
+    handlers(b, ran, "on_b")
+    async with a, b:
+        job_a = await a.submit("s", "on_a")  # only A has the handler
+        job_b = await b.submit("t", "on_b")
+        await until(lambda: _both_ran(ran))
+
+        async def seen() -> bool:
+            return all(len(lw.snapshot().running) == 2 for lw in (a, b))
+
+        await until(seen)  # the other node's turn shows after a poll tick
+        for lw in (a, b):
+            snap = lw.snapshot()
+            assert snap.node == lw.node == ("node-a" if lw is a else "node-b")
+            by_job = {r.job_id: (r.session, r.handler, r.attempt, r.node) for r in snap.running}
+            assert by_job == {
+                job_a.id: ("s", "on_a", 1, "node-a"),
+                job_b.id: ("t", "on_b", 1, "node-b"),
+            }
+
+
+async def _both_ran(ran: list[str]) -> bool:
+    return len(ran) == 2

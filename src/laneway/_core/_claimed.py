@@ -21,9 +21,10 @@ import contextlib
 import logging
 from collections import Counter, deque
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
-from .._types import Event, JobInfo, JobState, Reason
+from .._errors import Overloaded
+from .._types import Event, JobInfo, JobState, Reason, RunningJob
 from ..stores._claiming import Claim, ClaimingStore, HintSource, Lost
 from ._attempt import Attempt, JobRecord
 from ._config import Config, HandlerSpec, ResolvedLimits
@@ -33,6 +34,14 @@ __all__ = ["ClaimOwner", "ClaimedSlots"]
 log = logging.getLogger("laneway.runtime")
 
 _FOLLOW_MAX = 5000  # most local jobs whose fate one tick looks up
+#: How far below a queue bound (per session, and a fraction of max_queued for the
+#: total) a node stops deciding admission from the last tick's counts and has each
+#: submit counted in the database instead. Other nodes' submits since that tick are
+#: what it cannot see: it assumes fewer than half the margin, and counts in the
+#: database after half the margin of its own.
+_NEAR_SESSION = 64
+_RUNNING_MAX = 1000  # most turns of other nodes the snapshot lists
+_NEAR_TOTAL = 8
 
 
 class ClaimOwner(Protocol):
@@ -79,6 +88,12 @@ class ClaimedSlots:
         self._active: Counter[str] = Counter()
         self._lane_active: Counter[str] = Counter()
         self._cluster: dict[str, tuple[int, int]] = {}  # lane -> (cap, busy)
+        # Queued jobs in the database at the last count, and submits let through since.
+        self._queued_total = 0
+        self._queued_near: dict[str, int] = {}  # sessions near max_queued_per_session
+        self._added_total = 0
+        self._added: Counter[str] = Counter()
+        self._running: list[tuple[str, str, str, int, str, float]] = []  # other nodes' turns
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._hints: HintSource | None = None
@@ -93,6 +108,7 @@ class ClaimedSlots:
         await self.store.set_lanes(self.config.lanes, session_limit=self.config.session_limit)
         self._hints = await self.store.listen()
         self.store.on_lease_lost.append(self._lease_lost)
+        await self._queued()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._claims()), loop.create_task(self._ticks())]
         self._kick.set()
@@ -231,6 +247,52 @@ class ClaimedSlots:
     async def _any_running(self, ids: list[str]) -> bool:
         return any(info.state is JobState.RUNNING for info in await self.store.jobs_by_id(ids))
 
+    # -- admission across the cluster -------------------------------------------------
+
+    def near_bound(self, session: str) -> bool:
+        """True if only the database can tell whether ``session`` may queue one more
+        job (a bound is near); else the submit is let through and counted here."""
+        at_least = self.config.max_queued_per_session - _NEAR_SESSION
+        if (
+            at_least <= 0
+            or session in self._queued_near
+            or self._added[session] >= _NEAR_SESSION // 2
+            or self._total_near()
+        ):
+            return True
+        self._added[session] += 1
+        self._added_total += 1
+        return False
+
+    def add_counted(
+        self, *, job_id: str, session: str, handler: str, payload: Any, priority: int,
+        idempotency_key: str | None,
+    ) -> asyncio.Future[tuple[JobInfo, Event | None]]:  # fmt: skip
+        """Submit with the bounds counted in the database; ``Overloaded`` past one."""
+        config = self.config
+        write = self.store.add_job_counted(
+            job_id=job_id, session=session, handler=handler, payload=payload,
+            priority=priority, idempotency_key=idempotency_key,
+            max_per_session=config.max_queued_per_session,
+            max_total=config.max_queued if self._total_near() else None,
+        )  # fmt: skip
+        return asyncio.ensure_future(_admitted(write, session, config))
+
+    def _total_near(self) -> bool:
+        bound = self.config.max_queued
+        margin = max(_NEAR_SESSION, bound // _NEAR_TOTAL)
+        return self._queued_total >= bound - margin or self._added_total >= margin // 2
+
+    async def _queued(self) -> None:
+        """Count the queued jobs in the database (and the sessions near their bound)."""
+        added_total, added = self._added_total, Counter(self._added)
+        at_least = self.config.max_queued_per_session - _NEAR_SESSION
+        total, near = await self.store.queued_counts(at_least if at_least > 0 else None)
+        self._queued_total, self._queued_near = total, near
+        # What was let through before the count is in it; what came during stays counted.
+        self._added_total -= added_total
+        self._added -= added
+
     # -- claims ----------------------------------------------------------------------
 
     async def _claims(self) -> None:
@@ -294,7 +356,8 @@ class ClaimedSlots:
                 self._tick = loop.create_task(self._tick_once())
 
     async def _tick_once(self) -> None:
-        for step in (self._reap, self._stops, self._follow, self._counts):
+        steps = (self._reap, self._stops, self._follow, self._counts, self._queued, self._others)
+        for step in steps:
             try:
                 await step()
             except Exception as exc:
@@ -346,6 +409,19 @@ class ClaimedSlots:
     async def _counts(self) -> None:
         self._cluster = {lane: (cap, busy) for lane, cap, busy in await self.store.lane_counts()}
 
+    async def _others(self) -> None:
+        self._running = await self.store.running_jobs(_RUNNING_MAX)
+
+    def running_elsewhere(self, now: float) -> list[RunningJob]:
+        """Other nodes' turns as of the last tick (``now``: wall-clock seconds)."""
+        owner = self._owner
+        mine = owner.running if owner is not None else {}
+        return [
+            RunningJob(job_id, session, handler, attempt, node, max(0.0, now - started))
+            for job_id, session, handler, attempt, node, started in self._running
+            if job_id not in mine
+        ]
+
     def _lease_lost(self) -> None:
         """Another node owns our attempts now: cancel them at once, decide nothing."""
         assert self._owner is not None
@@ -373,3 +449,18 @@ class ClaimedSlots:
 
 def _order(job: JobRecord) -> tuple[int, int]:
     return job.order
+
+
+async def _admitted(
+    write: Awaitable[tuple[JobInfo, Event | None] | str], session: str, config: Config
+) -> tuple[JobInfo, Event | None]:
+    answer = await write
+    if answer == "max_queued_per_session":
+        raise Overloaded(
+            f"session {session!r} has {config.max_queued_per_session} jobs queued "
+            "(max_queued_per_session)",
+            retry_after=1.0,
+        )
+    if isinstance(answer, str):
+        raise Overloaded(f"{config.max_queued} jobs are queued (max_queued)", retry_after=1.0)
+    return answer

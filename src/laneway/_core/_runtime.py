@@ -13,7 +13,10 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import secrets
+import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -171,6 +174,7 @@ class Laneway:
         self._closers: list[Callable[[], Awaitable[object]]] = []
         self._hurry = asyncio.Event()
         self._closed = asyncio.Event()
+        self._local_node = f"{socket.gethostname()}-{os.getpid()}"
 
     # -- configuration -----------------------------------------------------------
 
@@ -368,9 +372,11 @@ class Laneway:
         check_json(payload, "payload")
         if idempotency_key is not None or type(priority) is not int:
             check_submit(idempotency_key, priority)
-        d.check_room(session)
+        counted = d.check_room(session)
         job_id = f"{self._id_prefix}-{next(self._seq):x}"
-        write = self.store.add_job(
+        # Near a bound of a cluster's queue, the store counts (and may refuse) instead.
+        add = self.store.add_job if not counted or d.claims is None else d.claims.add_counted
+        write = add(
             job_id=job_id,
             session=session,
             handler=handler,
@@ -555,11 +561,17 @@ class Laneway:
         wd = self._watchdog
         return (max(wd.lag, wd.blocked_for), wd.blocks) if wd else (0.0, 0)
 
+    @property
+    def node(self) -> str:
+        """This node's name: the store's (PostgreSQL's ``node``), else host and process id."""
+        return self.store.node or self._local_node
+
     def snapshot(self) -> Snapshot:
-        """Lanes, queue depths, zombies and loop health, right now."""
+        """Lanes, queue depths, zombies, loop health and the running turns (which node
+        runs each), right now."""
         d = self._dispatch
         if d is None:
-            return Snapshot([], 0, 0, [], *self.loop_health())
+            return Snapshot([], 0, 0, [], *self.loop_health(), node=self.node)
         now = d.loop.time()
         return build_snapshot(
             now,
@@ -568,6 +580,8 @@ class Laneway:
             self.config.session_limit,
             d.reaper.zombies_at(now),
             self.loop_health(),
+            self.node,
+            d.claims.running_elsewhere(time.time()) if d.claims is not None else (),
         )
 
     # -- periodic work -----------------------------------------------------------

@@ -93,4 +93,21 @@ class ClaimingStore(Protocol):
 
     async def stop_requests(self) -> list[str]: ...
 
+    def add_job_counted(
+        self,
+        *,
+        job_id: str,
+        session: str,
+        handler: str,
+        payload: object,
+        priority: int,
+        idempotency_key: str | None,
+        max_per_session: int,
+        max_total: int | None,
+    ) -> Awaitable[tuple[JobInfo, Event | None] | str]: ...
+
+    async def queued_counts(self, at_least: int | None) -> tuple[int, dict[str, int]]: ...
+
+    async def running_jobs(self, limit: int) -> list[tuple[str, str, str, int, str, float]]: ...
+
     async def lane_counts(self) -> list[tuple[str, int, int]]: ...

@@ -257,6 +257,50 @@ class PostgresStore(Store):
         sessions = (session,) if session is not None else ()
         return self._write(control.stop_jobs, args, sessions=sessions, job_id=job_id)
 
+    def add_job_counted(
+        self,
+        *,
+        job_id: str,
+        session: str,
+        handler: str,
+        payload: Any,
+        priority: int,
+        idempotency_key: str | None,
+        max_per_session: int,
+        max_total: int | None,
+    ) -> asyncio.Future[tuple[JobInfo, Event | None] | str]:
+        """``add_job`` if the session (and, given ``max_total``, the cluster) has room,
+        counted in the database under the session's lock; else the bound's name."""
+        payload, _ = canonical(payload, "payload")
+        args = (job_id, session, handler, payload, priority, idempotency_key)
+        return self._write(
+            control.add_job_counted,
+            (*args, max_per_session, max_total),
+            sessions=(session,),
+            new_job=(job_id, session),
+        )
+
+    async def queued_counts(self, at_least: int | None) -> tuple[int, dict[str, int]]:
+        """Queued jobs in the cluster, and the sessions with ``at_least`` of them."""
+        result: tuple[int, dict[str, int]] = await self._read(
+            lambda conn: control.queued_counts(conn, at_least)
+        )
+        return result
+
+    async def running_jobs(self, limit: int) -> list[tuple[str, str, str, int, str, float]]:
+        """(job id, session, handler, attempt, node, started at) of the turns other nodes
+        run, oldest first, at most ``limit``."""
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                "SELECT j.id, j.session, j.handler, j.attempts, n.node, j.updated_at"
+                " FROM jobs j JOIN nodes n ON n.epoch = j.epoch"
+                " WHERE j.state = 'running' AND j.epoch <> $1 ORDER BY j.updated_at LIMIT $2",
+                self.epoch,
+                limit,
+            )
+        )
+        return [(r[0], r[1], r[2], int(r[3]), r[4], float(r[5])) for r in rows]
+
     async def stop_requests(self) -> list[str]:
         """Ids of this node's running attempts that another node asked to stop."""
         rows = await self._read(

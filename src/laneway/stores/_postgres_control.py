@@ -1,4 +1,5 @@
-"""Stopping and cancelling across nodes, as one write of the writer's batch.
+"""Control across nodes: stopping and cancelling, and the queue bounds, counted in
+the database.
 
 ``stop_jobs`` ends a session's (or one job's) queued jobs ``cancelled`` (reason
 ``stopped``) with their terminal events, and flags its running attempts for
@@ -11,21 +12,26 @@ session's head. So while this write runs no claim of the session is in
 flight: a claim that got there first has committed (its job is ``running``
 and is flagged here), and one that comes later finds the job already ended.
 Either the job never starts, or it started and its owner cancels it.
+
+``add_job_counted`` is the submit of a node that cannot tell on its own that a
+queue bound has room (see ``_core._claimed``): it counts under the same row lock.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 import asyncpg
 
 from .._types import Event, JobInfo, JobState
+from . import _postgres_writes as writes
 from ._postgres_rows import JOB_COLUMNS, encode, job_info
 from ._postgres_writes import Batch
 from ._rules import terminal_data
 
-__all__ = ["Stopped", "stop_jobs"]
+__all__ = ["Stopped", "add_job_counted", "queued_counts", "stop_jobs"]
 
 _STOPPED = "stopped"
 
@@ -122,3 +128,61 @@ async def stop_jobs(
         ended = [(info, ev) for info, ev, _d in made]
     flagged = [row[0] for row in await conn.fetch(_FLAG, session, job_id)]
     return Stopped(ended, flagged)
+
+
+# -- bounds counted in the database --------------------------------------------------
+
+# One round trip: the session's queued jobs (read from ``jobs_queued``), all queued
+# jobs when asked, and whether the idempotency key was used before.
+_COUNTS = """
+SELECT (SELECT count(*) FROM jobs WHERE session = $1 AND state = 'queued'),
+       CASE WHEN $2 THEN (SELECT count(*) FROM jobs WHERE state = 'queued') END,
+       $3::text IS NOT NULL AND EXISTS (
+           SELECT 1 FROM jobs WHERE session = $1 AND idempotency_key = $3)
+"""
+
+
+async def add_job_counted(
+    conn: asyncpg.Connection,
+    batch: Batch,
+    job_id: str,
+    session: str,
+    handler: str,
+    payload: Any,
+    priority: int,
+    key: str | None,
+    max_per_session: int,
+    max_total: int | None,
+) -> tuple[JobInfo, Event | None] | str:
+    """``add_job`` unless the session has ``max_per_session`` jobs queued (or the
+    cluster ``max_total``): then nothing is written and the bound's name returned.
+
+    Exact for the session: the writer holds its row, which every node's submit to
+    it takes first. A retried submit with a used key gets its earlier job."""
+    row = await conn.fetchrow(_COUNTS, session, max_total is not None, key)
+    assert row is not None  # a SELECT without FROM has its one row
+    per_session, total, known = row
+    if not known:
+        if per_session >= max_per_session:
+            return "max_queued_per_session"
+        if max_total is not None and total >= max_total:
+            return "max_queued"
+    [answer] = await writes.add_jobs(
+        conn, batch, [(job_id, session, handler, payload, priority, key)]
+    )
+    return answer
+
+
+async def queued_counts(
+    conn: asyncpg.Connection, at_least: int | None
+) -> tuple[int, dict[str, int]]:
+    """Queued jobs in the cluster, and the sessions with ``at_least`` queued."""
+    total = int(await conn.fetchval("SELECT count(*) FROM jobs WHERE state = 'queued'"))
+    if at_least is None or total < at_least:
+        return total, {}
+    rows = await conn.fetch(
+        "SELECT session, count(*) FROM jobs WHERE state = 'queued'"
+        " GROUP BY session HAVING count(*) >= $1",
+        at_least,
+    )
+    return total, {row[0]: int(row[1]) for row in rows}
