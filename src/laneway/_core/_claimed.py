@@ -10,8 +10,14 @@ an attempt whose start is already committed (``started``).
 Beside the claims, on a task that needs no free slot (guarantee 6), each poll
 tick reaps lapsed leases, picks up stop requests made on other nodes, follows
 this node's queued jobs that another node took (so their waiters get the
-committed outcome) and refreshes the cluster's lane counts for the snapshot.
-LISTEN/NOTIFY hints only make the next claim come sooner.
+committed outcome), refreshes the cluster's lane counts and other nodes'
+running turns for the snapshot, and counts the cluster's queued jobs for
+admission. LISTEN/NOTIFY hints only make the next claim come sooner.
+
+Control is the database's too: ``stop`` ends queued jobs and flags running
+ones in one write (whichever node accepted or runs them), and a submit near a
+queue bound is counted in the database (``near_bound``, ``add_counted``), since
+the bounds are the cluster's, not this node's.
 """
 
 from __future__ import annotations
@@ -40,8 +46,8 @@ _FOLLOW_MAX = 5000  # most local jobs whose fate one tick looks up
 #: what it cannot see: it assumes fewer than half the margin, and counts in the
 #: database after half the margin of its own.
 _NEAR_SESSION = 64
-_RUNNING_MAX = 1000  # most turns of other nodes the snapshot lists
 _NEAR_TOTAL = 8
+_RUNNING_MAX = 1000  # most turns of other nodes the snapshot lists
 
 
 class ClaimOwner(Protocol):
@@ -252,13 +258,12 @@ class ClaimedSlots:
     def near_bound(self, session: str) -> bool:
         """True if only the database can tell whether ``session`` may queue one more
         job (a bound is near); else the submit is let through and counted here."""
-        at_least = self.config.max_queued_per_session - _NEAR_SESSION
-        if (
-            at_least <= 0
-            or session in self._queued_near
-            or self._added[session] >= _NEAR_SESSION // 2
-            or self._total_near()
-        ):
+        bound = self.config.max_queued_per_session
+        # A session the last count did not list had fewer than ``bound - margin`` (the
+        # count lists none when that is not above 0: such a session may be near).
+        unknown = bound - _NEAR_SESSION - 1 if bound > _NEAR_SESSION else bound
+        known = self._queued_near.get(session, unknown)
+        if known + self._added[session] + _NEAR_SESSION // 2 >= bound or self._total_near():
             return True
         self._added[session] += 1
         self._added_total += 1
@@ -276,7 +281,27 @@ class ClaimedSlots:
             max_per_session=config.max_queued_per_session,
             max_total=config.max_queued if self._total_near() else None,
         )  # fmt: skip
-        return asyncio.ensure_future(_admitted(write, session, config))
+        return asyncio.ensure_future(self._counted(write, session))
+
+    async def _counted(
+        self,
+        write: Awaitable[tuple[str | None, int, tuple[JobInfo, Event | None] | None]],
+        session: str,
+    ) -> tuple[JobInfo, Event | None]:
+        refused, queued, answer = await write
+        # What the database counted holds until the next tick; this node's submits let
+        # through meanwhile stay counted on top of it (an overcount, on the safe side).
+        self._queued_near[session] = queued + (answer is not None)
+        config = self.config
+        if refused == "max_queued_per_session":
+            raise Overloaded(
+                f"session {session!r} has {config.max_queued_per_session} jobs queued "
+                "(max_queued_per_session)",
+                retry_after=1.0,
+            )
+        if refused is not None or answer is None:
+            raise Overloaded(f"{config.max_queued} jobs are queued (max_queued)", retry_after=1.0)
+        return answer
 
     def _total_near(self) -> bool:
         bound = self.config.max_queued
@@ -449,18 +474,3 @@ class ClaimedSlots:
 
 def _order(job: JobRecord) -> tuple[int, int]:
     return job.order
-
-
-async def _admitted(
-    write: Awaitable[tuple[JobInfo, Event | None] | str], session: str, config: Config
-) -> tuple[JobInfo, Event | None]:
-    answer = await write
-    if answer == "max_queued_per_session":
-        raise Overloaded(
-            f"session {session!r} has {config.max_queued_per_session} jobs queued "
-            "(max_queued_per_session)",
-            retry_after=1.0,
-        )
-    if isinstance(answer, str):
-        raise Overloaded(f"{config.max_queued} jobs are queued (max_queued)", retry_after=1.0)
-    return answer

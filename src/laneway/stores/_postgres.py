@@ -268,9 +268,10 @@ class PostgresStore(Store):
         idempotency_key: str | None,
         max_per_session: int,
         max_total: int | None,
-    ) -> asyncio.Future[tuple[JobInfo, Event | None] | str]:
+    ) -> asyncio.Future[tuple[str | None, int, tuple[JobInfo, Event | None] | None]]:
         """``add_job`` if the session (and, given ``max_total``, the cluster) has room,
-        counted in the database under the session's lock; else the bound's name."""
+        counted in the database under the session's lock (see
+        ``_postgres_control.add_job_counted``)."""
         payload, _ = canonical(payload, "payload")
         args = (job_id, session, handler, payload, priority, idempotency_key)
         return self._write(

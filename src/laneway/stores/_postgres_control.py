@@ -153,9 +153,10 @@ async def add_job_counted(
     key: str | None,
     max_per_session: int,
     max_total: int | None,
-) -> tuple[JobInfo, Event | None] | str:
+) -> tuple[str | None, int, tuple[JobInfo, Event | None] | None]:
     """``add_job`` unless the session has ``max_per_session`` jobs queued (or the
-    cluster ``max_total``): then nothing is written and the bound's name returned.
+    cluster ``max_total``). Returns (the bound's name if refused, else None; the
+    session's queued jobs before this call; ``add_job``'s answer if written).
 
     Exact for the session: the writer holds its row, which every node's submit to
     it takes first. A retried submit with a used key gets its earlier job."""
@@ -164,13 +165,13 @@ async def add_job_counted(
     per_session, total, known = row
     if not known:
         if per_session >= max_per_session:
-            return "max_queued_per_session"
+            return "max_queued_per_session", per_session, None
         if max_total is not None and total >= max_total:
-            return "max_queued"
+            return "max_queued", per_session, None
     [answer] = await writes.add_jobs(
         conn, batch, [(job_id, session, handler, payload, priority, key)]
     )
-    return answer
+    return None, per_session, answer
 
 
 async def queued_counts(
