@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from laneway import JobState, Laneway, Limits, Overloaded, Retry, TurnContext
+from laneway.stores._postgres import PostgresStore
 
 from ._db import connect, fetch
 
@@ -290,3 +291,30 @@ async def test_the_snapshot_shows_which_node_runs_what(make: Factory) -> None:
 
 async def _both_ran(ran: list[str]) -> bool:
     return len(ran) == 2
+
+
+async def test_counted_submits_in_one_batch_stop_at_the_bound(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url)
+    await store.open()
+    try:
+
+        def add(i: int, key: str | None = None) -> Any:
+            return store.add_job_counted(
+                job_id=f"j{i}", session="s", handler="h", payload=None, priority=0,
+                idempotency_key=key, max_per_session=3, max_total=None,
+            )  # fmt: skip
+
+        answers = await asyncio.gather(*(add(i, "k" if i == 0 else None) for i in range(5)))
+        assert [(refused, before) for refused, before, _a in answers] == [
+            (None, 0), (None, 1), (None, 2),
+            ("max_queued_per_session", 3), ("max_queued_per_session", 3),
+        ]  # fmt: skip
+        refused, _before, again = await add(9, "k")  # a retried submit gets its job
+        assert refused is None
+        assert again is not None
+        assert again[0].id == "j0"
+        assert again[1] is None
+        rows = await fetch(postgres_url, "SELECT count(*) FROM jobs WHERE session = 's'")
+        assert rows[0][0] == 3
+    finally:
+        await store.close()

@@ -31,7 +31,14 @@ from ._postgres_rows import JOB_COLUMNS, encode, job_info
 from ._postgres_writes import Batch
 from ._rules import terminal_data
 
-__all__ = ["Stopped", "add_job_counted", "queued_counts", "stop_jobs"]
+__all__ = [
+    "Counted",
+    "Stopped",
+    "add_job_counted",
+    "add_jobs_counted",
+    "queued_counts",
+    "stop_jobs",
+]
 
 _STOPPED = "stopped"
 
@@ -132,14 +139,20 @@ async def stop_jobs(
 
 # -- bounds counted in the database --------------------------------------------------
 
-# One round trip: the session's queued jobs (read from ``jobs_queued``), all queued
-# jobs when asked, and whether the idempotency key was used before.
+# The queued jobs of each session (read from ``jobs_queued``) and, when asked, of
+# the cluster: one statement for a batch's counted submits.
 _COUNTS = """
-SELECT (SELECT count(*) FROM jobs WHERE session = $1 AND state = 'queued'),
-       CASE WHEN $2 THEN (SELECT count(*) FROM jobs WHERE state = 'queued') END,
-       $3::text IS NOT NULL AND EXISTS (
-           SELECT 1 FROM jobs WHERE session = $1 AND idempotency_key = $3)
+SELECT c.session, (SELECT count(*) FROM jobs WHERE session = c.session AND state = 'queued'),
+       CASE WHEN $2 THEN (SELECT count(*) FROM jobs WHERE state = 'queued') END
+FROM unnest($1::text[]) AS c(session)
 """
+
+_KEYS = """
+SELECT session, idempotency_key FROM jobs WHERE (session, idempotency_key) IN
+    (SELECT * FROM unnest($1::text[], $2::text[]))
+"""
+
+Counted = tuple[str | None, int, tuple[JobInfo, Event | None] | None]
 
 
 async def add_job_counted(
@@ -153,25 +166,59 @@ async def add_job_counted(
     key: str | None,
     max_per_session: int,
     max_total: int | None,
-) -> tuple[str | None, int, tuple[JobInfo, Event | None] | None]:
+) -> Counted:
     """``add_job`` unless the session has ``max_per_session`` jobs queued (or the
     cluster ``max_total``). Returns (the bound's name if refused, else None; the
     session's queued jobs before this call; ``add_job``'s answer if written).
 
     Exact for the session: the writer holds its row, which every node's submit to
     it takes first. A retried submit with a used key gets its earlier job."""
-    row = await conn.fetchrow(_COUNTS, session, max_total is not None, key)
-    assert row is not None  # a SELECT without FROM has its one row
-    per_session, total, known = row
-    if not known:
-        if per_session >= max_per_session:
-            return "max_queued_per_session", per_session, None
-        if max_total is not None and total >= max_total:
-            return "max_queued", per_session, None
-    [answer] = await writes.add_jobs(
-        conn, batch, [(job_id, session, handler, payload, priority, key)]
-    )
-    return None, per_session, answer
+    call = (job_id, session, handler, payload, priority, key, max_per_session, max_total)
+    [answer] = await add_jobs_counted(conn, batch, [call])
+    return answer
+
+
+async def add_jobs_counted(
+    conn: asyncpg.Connection, batch: Batch, calls: list[tuple[Any, ...]]
+) -> list[Counted]:
+    """``add_job_counted`` for many calls: one count, then one ``add_jobs``; each call
+    sees the ones before it."""
+    sessions = sorted({c[1] for c in calls})
+    rows = await conn.fetch(_COUNTS, sessions, any(c[7] is not None for c in calls))
+    queued = {row[0]: int(row[1]) for row in rows}
+    total = int(rows[0][2] or 0)
+    keyed = [(c[1], c[5]) for c in calls if c[5] is not None]
+    used: set[tuple[str, str]] = set()
+    if keyed:
+        found = await conn.fetch(_KEYS, [k[0] for k in keyed], [k[1] for k in keyed])
+        used = {(row[0], row[1]) for row in found}
+    verdicts: list[tuple[str | None, int]] = []
+    accepted: list[tuple[Any, ...]] = []
+    for job_id, session, handler, payload, priority, key, per_session, max_total in calls:
+        before = queued[session]
+        refused = None
+        if key is None or (session, key) not in used:
+            if before >= per_session:
+                refused = "max_queued_per_session"
+            elif max_total is not None and total >= max_total:
+                refused = "max_queued"
+            else:
+                queued[session] += 1
+                total += 1
+                if key is not None:
+                    used.add((session, key))
+        if refused is None:
+            accepted.append((job_id, session, handler, payload, priority, key))
+        verdicts.append((refused, before))
+    answers = iter(await writes.add_jobs(conn, batch, accepted) if accepted else [])
+    return [
+        (refused, before, None if refused is not None else next(answers))
+        for refused, before in verdicts
+    ]
+
+
+# Submits counted in the same wave go to the server as one count and one insert.
+writes.BULK[add_job_counted] = writes.Bulk(add_jobs_counted, same_session=True)
 
 
 async def queued_counts(
