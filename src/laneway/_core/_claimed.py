@@ -40,12 +40,15 @@ __all__ = ["ClaimOwner", "ClaimedSlots"]
 log = logging.getLogger("laneway.runtime")
 
 _FOLLOW_MAX = 5000  # most local jobs whose fate one tick looks up
-#: How far below a queue bound (per session, and a fraction of max_queued for the
-#: total) a node stops deciding admission from the last tick's counts and has each
-#: submit counted in the database instead. Other nodes' submits since that tick are
-#: what it cannot see: it assumes fewer than half the margin, and counts in the
-#: database after half the margin of its own.
-_NEAR_SESSION = 64
+#: Admission across nodes. A node lets at most ``_OWN`` submits per session through
+#: on its own between two of its counts (poll ticks); beyond that, and whenever the
+#: last count plus what this node and the others may have added since could reach
+#: ``max_queued_per_session``, a submit is counted in the database. What the other
+#: nodes added unseen is at most ``2 * _OWN`` each (their current and previous
+#: windows), so a count that leaves ``_OWN * (2 * nodes - 1)`` of room is safe.
+_OWN = 16
+#: The total is watched more loosely: counted in the database within an eighth of
+#: ``max_queued`` (or after that much of this node's own since the last count).
 _NEAR_TOTAL = 8
 _RUNNING_MAX = 1000  # most turns of other nodes the snapshot lists
 
@@ -97,6 +100,7 @@ class ClaimedSlots:
         # Queued jobs in the database at the last count, and submits let through since.
         self._queued_total = 0
         self._queued_near: dict[str, int] = {}  # sessions near max_queued_per_session
+        self._nodes = 1  # live nodes at the last count
         self._added_total = 0
         self._added: Counter[str] = Counter()
         self._running: list[tuple[str, str, str, int, str, float]] = []  # other nodes' turns
@@ -259,15 +263,21 @@ class ClaimedSlots:
         """True if only the database can tell whether ``session`` may queue one more
         job (a bound is near); else the submit is let through and counted here."""
         bound = self.config.max_queued_per_session
-        # A session the last count did not list had fewer than ``bound - margin`` (the
-        # count lists none when that is not above 0: such a session may be near).
-        unknown = bound - _NEAR_SESSION - 1 if bound > _NEAR_SESSION else bound
-        known = self._queued_near.get(session, unknown)
-        if known + self._added[session] + _NEAR_SESSION // 2 >= bound or self._total_near():
+        added = self._added[session]
+        others = 2 * _OWN * (self._nodes - 1)  # what other nodes may have added unseen
+        # A session the last count did not list had fewer than ``_session_floor()``
+        # (when that is not above 0 the count lists none: any session may be near).
+        floor = self._session_floor()
+        known = self._queued_near.get(session, floor - 1 if floor > 0 else bound)
+        if added >= _OWN or known + added + others >= bound or self._total_near():
             return True
-        self._added[session] += 1
+        self._added[session] = added + 1
         self._added_total += 1
         return False
+
+    def _session_floor(self) -> int:
+        """Sessions with this many queued jobs are listed by each count."""
+        return self.config.max_queued_per_session - _OWN * (2 * self._nodes - 1)
 
     def add_counted(
         self, *, job_id: str, session: str, handler: str, payload: Any, priority: int,
@@ -305,15 +315,15 @@ class ClaimedSlots:
 
     def _total_near(self) -> bool:
         bound = self.config.max_queued
-        margin = max(_NEAR_SESSION, bound // _NEAR_TOTAL)
+        margin = max(_OWN * (2 * self._nodes - 1), bound // _NEAR_TOTAL)
         return self._queued_total >= bound - margin or self._added_total >= margin // 2
 
     async def _queued(self) -> None:
         """Count the queued jobs in the database (and the sessions near their bound)."""
         added_total, added = self._added_total, Counter(self._added)
-        at_least = self.config.max_queued_per_session - _NEAR_SESSION
-        total, near = await self.store.queued_counts(at_least if at_least > 0 else None)
-        self._queued_total, self._queued_near = total, near
+        at_least = self._session_floor()
+        total, near, nodes = await self.store.queued_counts(at_least if at_least > 0 else None)
+        self._queued_total, self._queued_near, self._nodes = total, near, max(1, nodes)
         # What was let through before the count is in it; what came during stays counted.
         self._added_total -= added_total
         self._added -= added

@@ -281,9 +281,9 @@ class PostgresStore(Store):
             new_job=(job_id, session),
         )
 
-    async def queued_counts(self, at_least: int | None) -> tuple[int, dict[str, int]]:
-        """Queued jobs in the cluster, and the sessions with ``at_least`` of them."""
-        result: tuple[int, dict[str, int]] = await self._read(
+    async def queued_counts(self, at_least: int | None) -> tuple[int, dict[str, int], int]:
+        """Queued jobs in the cluster, the sessions with ``at_least`` of them, live nodes."""
+        result: tuple[int, dict[str, int], int] = await self._read(
             lambda conn: control.queued_counts(conn, at_least)
         )
         return result

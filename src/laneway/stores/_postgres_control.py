@@ -223,14 +223,18 @@ writes.BULK[add_job_counted] = writes.Bulk(add_jobs_counted, same_session=True)
 
 async def queued_counts(
     conn: asyncpg.Connection, at_least: int | None
-) -> tuple[int, dict[str, int]]:
-    """Queued jobs in the cluster, and the sessions with ``at_least`` queued."""
-    total = int(await conn.fetchval("SELECT count(*) FROM jobs WHERE state = 'queued'"))
+) -> tuple[int, dict[str, int], int]:
+    """Queued jobs in the cluster, the sessions with ``at_least`` queued, live nodes."""
+    row = await conn.fetchrow(
+        "SELECT (SELECT count(*) FROM jobs WHERE state = 'queued'), (SELECT count(*) FROM nodes)"
+    )
+    assert row is not None
+    total, nodes = int(row[0]), int(row[1])
     if at_least is None or total < at_least:
-        return total, {}
+        return total, {}, nodes
     rows = await conn.fetch(
         "SELECT session, count(*) FROM jobs WHERE state = 'queued'"
         " GROUP BY session HAVING count(*) >= $1",
         at_least,
     )
-    return total, {row[0]: int(row[1]) for row in rows}
+    return total, {row[0]: int(row[1]) for row in rows}, nodes
