@@ -35,6 +35,7 @@ from ._types import Outcome as Outcome
 from ._types import ProcessResult as ProcessResult
 from ._types import Reason as Reason
 from ._types import Retry as Retry
+from ._types import RunningJob as RunningJob
 from ._types import Snapshot as Snapshot
 from ._types import StopResult as StopResult
 from ._types import Zombie as Zombie
@@ -69,6 +70,7 @@ __all__ = [
     "ProcessResult",
     "Reason",
     "Retry",
+    "RunningJob",
     "Snapshot",
     "StopResult",
     "Store",

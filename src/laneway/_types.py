@@ -23,6 +23,7 @@ __all__ = [
     "ProcessResult",
     "Reason",
     "Retry",
+    "RunningJob",
     "Snapshot",
     "StartMethod",
     "StopResult",
@@ -237,13 +238,31 @@ class Zombie:
 
 
 @dataclass(frozen=True, slots=True)
+class RunningJob:
+    """A turn running now, and the node that runs it."""
+
+    job_id: str
+    session: str
+    handler: str
+    attempt: int
+    node: str
+    age_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
+    """``node`` is this node's name; ``running`` the turns running now, oldest first:
+    this node's, and with a store shared by many nodes (PostgreSQL) every node's, as
+    of the last poll tick."""
+
     lanes: list[LaneStats]
     jobs_queued: int
     jobs_running: int
     zombies: list[Zombie]
     loop_lag: float
     loop_blocks: int
+    node: str = ""
+    running: list[RunningJob] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

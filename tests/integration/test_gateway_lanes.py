@@ -33,6 +33,8 @@ def test_jobs_behind_their_own_session_are_not_queued_on_the_shared_lane() -> No
             assert lanes["llm"]["oldest_queued_s"] is None
             assert lanes[f"session:{s}"]["queued"] == 2
             assert snap["jobs_queued"] == 2
+            assert snap["node"]  # the one node, by host and process id
+            assert [(r["job_id"], r["node"]) for r in snap["running"]] == [(hung, snap["node"])]
             metrics = client.get("/metrics").text
             assert re.search(r'^laneway_lane_queued\{lane="llm"\} 0\.0$', metrics, re.M)
             assert re.search(r'^laneway_lane_behind_session\{lane="llm"\} 2\.0$', metrics, re.M)

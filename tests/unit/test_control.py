@@ -278,3 +278,24 @@ async def test_run_sync_passes_keyword_arguments(make_laneway: MakeLaneway) -> N
 
     await lw.start()
     assert await (await lw.submit("s", "sync")).result() == "a-b"
+
+
+async def test_the_snapshot_names_this_node_and_its_running_turns(
+    make_laneway: MakeLaneway, stubborn: Stubborn
+) -> None:
+    starts = Starts()
+    lw = _turns(make_laneway, stubborn, starts)
+    await lw.start()
+    assert lw.node  # host and process id, on one node
+    assert lw.snapshot().node == lw.node
+    assert lw.snapshot().running == []
+    job = await lw.submit("alice", "turn", "hang")
+    await lw.submit("alice", "turn", "next")
+    await starts.started("hang")
+    await asyncio.sleep(2)
+    [turn] = lw.snapshot().running  # the queued one is not running
+    assert (turn.job_id, turn.session, turn.handler, turn.attempt) == (job.id, "alice", "turn", 1)
+    assert turn.node == lw.node
+    assert turn.age_s == pytest.approx(2, abs=0.1)
+    await lw.stop("alice", drop_queued=True)
+    assert lw.snapshot().running == []

@@ -34,6 +34,7 @@ PUBLIC = {
     "ProcessResult",
     "Reason",
     "Retry",
+    "RunningJob",
     "Snapshot",
     "StopResult",
     "Store",

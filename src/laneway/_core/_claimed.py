@@ -10,8 +10,14 @@ an attempt whose start is already committed (``started``).
 Beside the claims, on a task that needs no free slot (guarantee 6), each poll
 tick reaps lapsed leases, picks up stop requests made on other nodes, follows
 this node's queued jobs that another node took (so their waiters get the
-committed outcome) and refreshes the cluster's lane counts for the snapshot.
-LISTEN/NOTIFY hints only make the next claim come sooner.
+committed outcome), refreshes the cluster's lane counts and other nodes'
+running turns for the snapshot, and counts the cluster's queued jobs for
+admission. LISTEN/NOTIFY hints only make the next claim come sooner.
+
+Control is the database's too: ``stop`` ends queued jobs and flags running
+ones in one write (whichever node accepted or runs them), and a submit near a
+queue bound is counted in the database (``near_bound``, ``add_counted``), since
+the bounds are the cluster's, not this node's.
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ import contextlib
 import logging
 from collections import Counter, deque
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
-from .._types import Event, JobInfo, JobState, Reason
+from .._errors import Overloaded
+from .._types import Event, JobInfo, JobState, Reason, RunningJob
 from ..stores._claiming import Claim, ClaimingStore, HintSource, Lost
 from ._attempt import Attempt, JobRecord
 from ._config import Config, HandlerSpec, ResolvedLimits
@@ -33,6 +40,17 @@ __all__ = ["ClaimOwner", "ClaimedSlots"]
 log = logging.getLogger("laneway.runtime")
 
 _FOLLOW_MAX = 5000  # most local jobs whose fate one tick looks up
+#: Admission across nodes. A node lets at most ``_OWN`` submits per session through
+#: on its own between two of its counts (poll ticks); beyond that, and whenever the
+#: last count plus what this node and the others may have added since could reach
+#: ``max_queued_per_session``, a submit is counted in the database. What the other
+#: nodes added unseen is at most ``2 * _OWN`` each (their current and previous
+#: windows), so a count that leaves ``_OWN * (2 * nodes - 1)`` of room is safe.
+_OWN = 16
+#: The total is watched more loosely: counted in the database within an eighth of
+#: ``max_queued`` (or after that much of this node's own since the last count).
+_NEAR_TOTAL = 8
+_RUNNING_MAX = 1000  # most turns of other nodes the snapshot lists
 
 
 class ClaimOwner(Protocol):
@@ -51,6 +69,9 @@ class ClaimOwner(Protocol):
 
     def settle(self, job: JobRecord, info: JobInfo) -> None:
         """Another node ended the job: deliver the committed outcome."""
+
+    def publish(self, event: Event) -> None:
+        """An event committed by the store for this node's call."""
 
     def reaped(self, lost: Sequence[Lost]) -> None:
         """Decide attempts taken over from dead nodes."""
@@ -76,6 +97,13 @@ class ClaimedSlots:
         self._active: Counter[str] = Counter()
         self._lane_active: Counter[str] = Counter()
         self._cluster: dict[str, tuple[int, int]] = {}  # lane -> (cap, busy)
+        # Queued jobs in the database at the last count, and submits let through since.
+        self._queued_total = 0
+        self._queued_near: dict[str, int] = {}  # sessions near max_queued_per_session
+        self._nodes = 1  # live nodes at the last count
+        self._added_total = 0
+        self._added: Counter[str] = Counter()
+        self._running: list[tuple[str, str, str, int, str, float]] = []  # other nodes' turns
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._hints: HintSource | None = None
@@ -90,6 +118,7 @@ class ClaimedSlots:
         await self.store.set_lanes(self.config.lanes, session_limit=self.config.session_limit)
         self._hints = await self.store.listen()
         self.store.on_lease_lost.append(self._lease_lost)
+        await self._queued()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._claims()), loop.create_task(self._ticks())]
         self._kick.set()
@@ -194,20 +223,110 @@ class ClaimedSlots:
                 return lane
         return None
 
-    async def stop_elsewhere(self, session: str | None, job_id: str | None) -> list[str]:
-        """Ask the nodes running these turns to stop them; wait (``cancel_grace`` plus
-        two polls at most) until they are no longer running. The ids asked."""
-        ids = [i for i in await self.store.request_stop(session, job_id) if i not in self._starts]
+    async def stop(
+        self, session: str | None, job_id: str | None, *, drop_queued: bool
+    ) -> tuple[list[str], list[str]]:
+        """Stop across the cluster: the database ends the queued jobs (whichever node
+        accepted them) and flags the running ones; wait (``cancel_grace`` plus two
+        polls at most) until those no longer run. Returns (cancelled, dropped) ids:
+        running turns and retries waiting out a backoff, and queued jobs."""
+        owner = self._owner
+        assert owner is not None
+        stops = await self.store.stop_jobs(session, job_id, drop_queued=drop_queued)
+        cancelled: list[str] = []
+        dropped: list[str] = []
+        for info, event in stops.ended:
+            owner.publish(event)
+            job = self._pop_local(info.id) or self._elsewhere.pop(info.id, None)
+            if job is not None:
+                owner.settle(job, info)
+            (cancelled if info.attempts > 0 else dropped).append(info.id)
+        flagged = [i for i in stops.flagged if i not in self._starts]
+        for i in flagged:  # ours: at once, not at the next tick
+            att = owner.running.get(i)
+            if att is not None:
+                att.cancel(Reason.STOPPED)
         grace = ResolvedLimits.of(self.config.limits).cancel_grace
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace + 2 * self.store.poll + 1.0):
-                # The owner's poll answers the request; a read now and then sees it.
-                while ids and await self._any_running(ids):  # noqa: ASYNC110 - the database is the event
+                # The owner's poll answers the flag; a read now and then sees it.
+                while flagged and await self._any_running(flagged):  # noqa: ASYNC110 - the database is the event
                     await asyncio.sleep(min(0.05, self.store.poll))
-        return ids
+        return cancelled + flagged, dropped
 
     async def _any_running(self, ids: list[str]) -> bool:
         return any(info.state is JobState.RUNNING for info in await self.store.jobs_by_id(ids))
+
+    # -- admission across the cluster -------------------------------------------------
+
+    def near_bound(self, session: str) -> bool:
+        """True if only the database can tell whether ``session`` may queue one more
+        job (a bound is near); else the submit is let through and counted here."""
+        bound = self.config.max_queued_per_session
+        added = self._added[session]
+        others = 2 * _OWN * (self._nodes - 1)  # what other nodes may have added unseen
+        # A session the last count did not list had fewer than ``_session_floor()``
+        # (when that is not above 0 the count lists none: any session may be near).
+        floor = self._session_floor()
+        known = self._queued_near.get(session, floor - 1 if floor > 0 else bound)
+        if added >= _OWN or known + added + others >= bound or self._total_near():
+            return True
+        self._added[session] = added + 1
+        self._added_total += 1
+        return False
+
+    def _session_floor(self) -> int:
+        """Sessions with this many queued jobs are listed by each count."""
+        return self.config.max_queued_per_session - _OWN * (2 * self._nodes - 1)
+
+    def add_counted(
+        self, *, job_id: str, session: str, handler: str, payload: Any, priority: int,
+        idempotency_key: str | None,
+    ) -> asyncio.Future[tuple[JobInfo, Event | None]]:  # fmt: skip
+        """Submit with the bounds counted in the database; ``Overloaded`` past one."""
+        config = self.config
+        write = self.store.add_job_counted(
+            job_id=job_id, session=session, handler=handler, payload=payload,
+            priority=priority, idempotency_key=idempotency_key,
+            max_per_session=config.max_queued_per_session,
+            max_total=config.max_queued if self._total_near() else None,
+        )  # fmt: skip
+        return asyncio.ensure_future(self._counted(write, session))
+
+    async def _counted(
+        self,
+        write: Awaitable[tuple[str | None, int, tuple[JobInfo, Event | None] | None]],
+        session: str,
+    ) -> tuple[JobInfo, Event | None]:
+        refused, queued, answer = await write
+        # What the database counted holds until the next tick; this node's submits let
+        # through meanwhile stay counted on top of it (an overcount, on the safe side).
+        self._queued_near[session] = queued + (answer is not None)
+        config = self.config
+        if refused == "max_queued_per_session":
+            raise Overloaded(
+                f"session {session!r} has {config.max_queued_per_session} jobs queued "
+                "(max_queued_per_session)",
+                retry_after=1.0,
+            )
+        if refused is not None or answer is None:
+            raise Overloaded(f"{config.max_queued} jobs are queued (max_queued)", retry_after=1.0)
+        return answer
+
+    def _total_near(self) -> bool:
+        bound = self.config.max_queued
+        margin = max(_OWN * (2 * self._nodes - 1), bound // _NEAR_TOTAL)
+        return self._queued_total >= bound - margin or self._added_total >= margin // 2
+
+    async def _queued(self) -> None:
+        """Count the queued jobs in the database (and the sessions near their bound)."""
+        added_total, added = self._added_total, Counter(self._added)
+        at_least = self._session_floor()
+        total, near, nodes = await self.store.queued_counts(at_least if at_least > 0 else None)
+        self._queued_total, self._queued_near, self._nodes = total, near, max(1, nodes)
+        # What was let through before the count is in it; what came during stays counted.
+        self._added_total -= added_total
+        self._added -= added
 
     # -- claims ----------------------------------------------------------------------
 
@@ -272,7 +391,8 @@ class ClaimedSlots:
                 self._tick = loop.create_task(self._tick_once())
 
     async def _tick_once(self) -> None:
-        for step in (self._reap, self._stops, self._follow, self._counts):
+        steps = (self._reap, self._stops, self._follow, self._counts, self._queued, self._others)
+        for step in steps:
             try:
                 await step()
             except Exception as exc:
@@ -323,6 +443,19 @@ class ClaimedSlots:
 
     async def _counts(self) -> None:
         self._cluster = {lane: (cap, busy) for lane, cap, busy in await self.store.lane_counts()}
+
+    async def _others(self) -> None:
+        self._running = await self.store.running_jobs(_RUNNING_MAX)
+
+    def running_elsewhere(self, now: float) -> list[RunningJob]:
+        """Other nodes' turns as of the last tick (``now``: wall-clock seconds)."""
+        owner = self._owner
+        mine = owner.running if owner is not None else {}
+        return [
+            RunningJob(job_id, session, handler, attempt, node, max(0.0, now - started))
+            for job_id, session, handler, attempt, node, started in self._running
+            if job_id not in mine
+        ]
 
     def _lease_lost(self) -> None:
         """Another node owns our attempts now: cancel them at once, decide nothing."""

@@ -108,21 +108,24 @@ class Dispatcher:
 
     # -- admission ---------------------------------------------------------------
 
-    def check_room(self, session: str) -> None:
-        """Raise ``Overloaded`` unless ``session`` may queue one more job."""
+    def check_room(self, session: str) -> bool:
+        """Raise ``Overloaded`` unless ``session`` may queue one more job as far as this
+        node knows. True if only the store can tell: a cluster near a bound, where the
+        submit must be counted in the database (``claims.add_counted``)."""
         config = self.config
         total = self.slots.total_queued + self._admitting_total
         if total >= config.max_queued:
             raise Overloaded(f"{config.max_queued} jobs are queued (max_queued)", retry_after=1.0)
-        if total < config.max_queued_per_session:
-            return  # no session has more queued than all of them together
-        pending = self._admitting.get(session, 0)
-        if self.slots.queued_in(session) + pending >= config.max_queued_per_session:
-            raise Overloaded(
-                f"session {session!r} has {self.config.max_queued_per_session} jobs queued "
-                "(max_queued_per_session)",
-                retry_after=1.0,
-            )
+        # No session has more queued than all of them together.
+        if total >= config.max_queued_per_session:
+            pending = self._admitting.get(session, 0)
+            if self.slots.queued_in(session) + pending >= config.max_queued_per_session:
+                raise Overloaded(
+                    f"session {session!r} has {self.config.max_queued_per_session} jobs queued "
+                    "(max_queued_per_session)",
+                    retry_after=1.0,
+                )
+        return self.claims is not None and self.claims.near_bound(session)
 
     async def admit(self, session: str, write: Write[T]) -> T:
         """Wait for a submit's write, counting it against the bounds meanwhile."""
@@ -489,6 +492,9 @@ class Dispatcher:
         if event is not None:
             self.bus.publish(event)
 
+    def publish(self, event: Event) -> None:
+        self.bus.publish(event)
+
     # -- control -----------------------------------------------------------------
 
     def stop_session(
@@ -502,6 +508,9 @@ class Dispatcher:
             waits.append(att.ended_future(self.loop))
             att.cancel(Reason.STOPPED)
             cancelled.append(att.job.id)
+        if self.claims is not None:  # the queue is the database's: ``claims.stop`` ends it
+            self.pump()
+            return cancelled, [], waits
         queue = self.slots.queue_of(session)
         if queue and self.slots.is_held(session):  # a turn waiting out its retry backoff
             head = queue.pop(0)

@@ -12,7 +12,7 @@ import itertools
 import logging
 from collections.abc import Iterable, Mapping
 
-from .._types import LaneStats, Snapshot, Zombie
+from .._types import LaneStats, RunningJob, Snapshot, Zombie
 from ._attempt import Attempt, JobRecord
 from ._slots import SlotSource
 
@@ -28,12 +28,18 @@ def build_snapshot(
     session_limit: int,
     zombies: list[Zombie],
     loop_health: tuple[float, int],
+    node: str = "",
+    elsewhere: Iterable[RunningJob] = (),
 ) -> Snapshot:
+    """``node`` names this node in ``running``; ``elsewhere``: other nodes' turns."""
     oldest_active: dict[str, float] = {}
     count = 0
+    turns = list(elsewhere)
     for att in running:
         count += 1
         age = now - att.started_at
+        job = att.job
+        turns.append(RunningJob(job.id, job.session, job.spec.name, att.number, node, age))
         for name in (f"session:{att.job.session}", *att.job.lanes):
             if age > oldest_active.get(name, -1.0):
                 oldest_active[name] = age
@@ -73,6 +79,8 @@ def build_snapshot(
         zombies=zombies,
         loop_lag=loop_health[0],
         loop_blocks=loop_health[1],
+        node=node,
+        running=sorted(turns, key=lambda turn: -turn.age_s),
     )
 
 

@@ -13,7 +13,10 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import secrets
+import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -171,6 +174,7 @@ class Laneway:
         self._closers: list[Callable[[], Awaitable[object]]] = []
         self._hurry = asyncio.Event()
         self._closed = asyncio.Event()
+        self._local_node = f"{socket.gethostname()}-{os.getpid()}"
 
     # -- configuration -----------------------------------------------------------
 
@@ -368,9 +372,11 @@ class Laneway:
         check_json(payload, "payload")
         if idempotency_key is not None or type(priority) is not int:
             check_submit(idempotency_key, priority)
-        d.check_room(session)
+        counted = d.check_room(session)
         job_id = f"{self._id_prefix}-{next(self._seq):x}"
-        write = self.store.add_job(
+        # Near a bound of a cluster's queue, the store counts (and may refuse) instead.
+        add = self.store.add_job if not counted or d.claims is None else d.claims.add_counted
+        write = add(
             job_id=job_id,
             session=session,
             handler=handler,
@@ -402,9 +408,9 @@ class Laneway:
         cancelled, dropped, waits = d.stop_session(session, drop_queued)
         if waits:
             await asyncio.wait(waits)
-        if d.claims is not None:  # turns of this session running on other nodes
-            remote = await d.claims.stop_elsewhere(session, None)
-            cancelled += [job_id for job_id in remote if job_id not in cancelled]
+        if d.claims is not None:  # its queue and its turns on every node
+            more, dropped = await d.claims.stop(session, None, drop_queued=drop_queued)
+            cancelled += [job_id for job_id in more if job_id not in cancelled]
         await _committed(d, [*cancelled, *dropped])
         return StopResult(cancelled=cancelled, dropped=dropped)
 
@@ -413,8 +419,11 @@ class Laneway:
         d = self._require_running()
         job = d.jobs.get(job_id)
         att = d.running.get(job_id)
-        if d.claims is not None and att is None and await d.claims.stop_elsewhere(None, job_id):
-            return True  # it was running on another node, which has ended it
+        if d.claims is not None and att is None:
+            # Queued in the database (whoever accepted it) or running on another node:
+            # the store decides which, in one write that no claim can interleave with.
+            cancelled, dropped = await d.claims.stop(None, job_id, drop_queued=True)
+            return bool(cancelled or dropped)
         if job is None or job.state.terminal:
             return False
         if att is not None:
@@ -552,11 +561,17 @@ class Laneway:
         wd = self._watchdog
         return (max(wd.lag, wd.blocked_for), wd.blocks) if wd else (0.0, 0)
 
+    @property
+    def node(self) -> str:
+        """This node's name: the store's (PostgreSQL's ``node``), else host and process id."""
+        return self.store.node or self._local_node
+
     def snapshot(self) -> Snapshot:
-        """Lanes, queue depths, zombies and loop health, right now."""
+        """Lanes, queue depths, zombies, loop health and the running turns (which node
+        runs each), right now."""
         d = self._dispatch
         if d is None:
-            return Snapshot([], 0, 0, [], *self.loop_health())
+            return Snapshot([], 0, 0, [], *self.loop_health(), node=self.node)
         now = d.loop.time()
         return build_snapshot(
             now,
@@ -565,6 +580,8 @@ class Laneway:
             self.config.session_limit,
             d.reaper.zombies_at(now),
             self.loop_health(),
+            self.node,
+            d.claims.running_elsewhere(time.time()) if d.claims is not None else (),
         )
 
     # -- periodic work -----------------------------------------------------------

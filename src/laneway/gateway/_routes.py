@@ -24,6 +24,7 @@ from ._schemas import (
     JobOut,
     LaneOut,
     MessageIn,
+    RunningOut,
     SnapshotOut,
     StopIn,
     StopOut,
@@ -275,6 +276,18 @@ def snapshot_out(snap: Snapshot, who: Principal) -> SnapshotOut:
         for z in snap.zombies
         if who.owns(z.session)
     ]
+    running = [
+        RunningOut(
+            job_id=r.job_id,
+            session=who.external(r.session),
+            handler=r.handler,
+            attempt=r.attempt,
+            node=r.node,
+            age_s=r.age_s,
+        )
+        for r in snap.running
+        if who.owns(r.session)
+    ]
     shared = who.name is None  # without tokens everything is the caller's
     return SnapshotOut(
         lanes=lanes,
@@ -283,6 +296,8 @@ def snapshot_out(snap: Snapshot, who: Principal) -> SnapshotOut:
         zombies=zombies,
         loop_lag=snap.loop_lag,
         loop_blocks=snap.loop_blocks,
+        node=snap.node,
+        running=running,
     )
 
 

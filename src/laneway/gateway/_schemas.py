@@ -15,6 +15,7 @@ __all__ = [
     "JobOut",
     "LaneOut",
     "MessageIn",
+    "RunningOut",
     "SnapshotOut",
     "StopIn",
     "StopOut",
@@ -90,6 +91,15 @@ class ZombieOut(BaseModel):
     age_s: float
 
 
+class RunningOut(BaseModel):
+    job_id: str
+    session: str
+    handler: str
+    attempt: int
+    node: str = Field(description="the node that runs it")
+    age_s: float
+
+
 class SnapshotOut(BaseModel):
     lanes: list[LaneOut]
     jobs_queued: int
@@ -97,6 +107,12 @@ class SnapshotOut(BaseModel):
     zombies: list[ZombieOut]
     loop_lag: float
     loop_blocks: int
+    node: str = Field("", description="the node that answered")
+    running: list[RunningOut] = Field(
+        default_factory=list,
+        description="turns running now, oldest first, and the node of each: this node's"
+        " and, on PostgreSQL, every node's as of its last poll",
+    )
 
 
 class Health(BaseModel):

@@ -94,6 +94,9 @@ class Store(abc.ABC):
     url: str = ""
     #: Seconds between ``maintain()`` calls (heartbeat, retention); None = never.
     maintain_interval: float | None = None
+    #: This node's name among the nodes sharing the store; empty for a store that
+    #: one process owns (the runtime then names the node by host and process id).
+    node: str = ""
 
     # -- life ------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from .._types import Event, JobInfo
 
-__all__ = ["Claim", "ClaimingStore", "Hints", "HintSource", "Lost"]
+__all__ = ["Claim", "ClaimingStore", "HintSource", "Hints", "Lost", "Stops"]
 
 
 class Claim(Protocol):
@@ -37,6 +37,17 @@ class Lost(Protocol):
 
     @property
     def in_flight(self) -> int: ...
+
+
+class Stops(Protocol):
+    """What a stop did: queued jobs it ended (committed, with their terminal events)
+    and the running jobs it flagged for their owner nodes to cancel."""
+
+    @property
+    def ended(self) -> Sequence[tuple[JobInfo, Event]]: ...
+
+    @property
+    def flagged(self) -> Sequence[str]: ...
 
 
 class Hints(Protocol):
@@ -76,8 +87,27 @@ class ClaimingStore(Protocol):
 
     async def jobs_by_id(self, ids: Sequence[str]) -> list[JobInfo]: ...
 
-    async def request_stop(self, session: str | None, job_id: str | None) -> list[str]: ...
+    def stop_jobs(
+        self, session: str | None, job_id: str | None, *, drop_queued: bool
+    ) -> Awaitable[Stops]: ...
 
     async def stop_requests(self) -> list[str]: ...
+
+    def add_job_counted(
+        self,
+        *,
+        job_id: str,
+        session: str,
+        handler: str,
+        payload: object,
+        priority: int,
+        idempotency_key: str | None,
+        max_per_session: int,
+        max_total: int | None,
+    ) -> Awaitable[tuple[str | None, int, tuple[JobInfo, Event | None] | None]]: ...
+
+    async def queued_counts(self, at_least: int | None) -> tuple[int, dict[str, int], int]: ...
+
+    async def running_jobs(self, limit: int) -> list[tuple[str, str, str, int, str, float]]: ...
 
     async def lane_counts(self) -> list[tuple[str, int, int]]: ...

@@ -26,6 +26,7 @@ from .._codec import canonical, clean_text
 from .._errors import StoreError
 from .._types import Event, JobInfo, JobState
 from . import _postgres_claim as claims
+from . import _postgres_control as control
 from . import _postgres_writes as writes
 from ._base import Store, namespace_of
 from ._postgres_claim import Claimed, Reaped
@@ -246,18 +247,60 @@ class PostgresStore(Store):
         )
         return [job_info(row) for row in rows]
 
-    async def request_stop(self, session: str | None, job_id: str | None) -> list[str]:
-        """Flag running attempts (of ``session``, or the job ``job_id``) for their owner
-        node to cancel; returns the flagged job ids. The owner polls for its flags."""
+    def stop_jobs(
+        self, session: str | None, job_id: str | None, *, drop_queued: bool
+    ) -> asyncio.Future[control.Stopped]:
+        """End the queued jobs of ``session`` (all, with ``drop_queued``; else a retry
+        waiting out its backoff) or the job ``job_id``, and flag their running attempts
+        for their owner nodes to cancel (see ``_postgres_control``)."""
+        args = (session, job_id, drop_queued)
+        sessions = (session,) if session is not None else ()
+        return self._write(control.stop_jobs, args, sessions=sessions, job_id=job_id)
+
+    def add_job_counted(
+        self,
+        *,
+        job_id: str,
+        session: str,
+        handler: str,
+        payload: Any,
+        priority: int,
+        idempotency_key: str | None,
+        max_per_session: int,
+        max_total: int | None,
+    ) -> asyncio.Future[tuple[str | None, int, tuple[JobInfo, Event | None] | None]]:
+        """``add_job`` if the session (and, given ``max_total``, the cluster) has room,
+        counted in the database under the session's lock (see
+        ``_postgres_control.add_job_counted``)."""
+        payload, _ = canonical(payload, "payload")
+        args = (job_id, session, handler, payload, priority, idempotency_key)
+        return self._write(
+            control.add_job_counted,
+            (*args, max_per_session, max_total),
+            sessions=(session,),
+            new_job=(job_id, session),
+        )
+
+    async def queued_counts(self, at_least: int | None) -> tuple[int, dict[str, int], int]:
+        """Queued jobs in the cluster, the sessions with ``at_least`` of them, live nodes."""
+        result: tuple[int, dict[str, int], int] = await self._read(
+            lambda conn: control.queued_counts(conn, at_least)
+        )
+        return result
+
+    async def running_jobs(self, limit: int) -> list[tuple[str, str, str, int, str, float]]:
+        """(job id, session, handler, attempt, node, started at) of the turns other nodes
+        run, oldest first, at most ``limit``."""
         rows = await self._read(
             lambda conn: conn.fetch(
-                "UPDATE jobs SET stop_requested = true WHERE state = 'running'"
-                " AND (session = $1 OR id = $2) RETURNING id",
-                session,
-                job_id,
+                "SELECT j.id, j.session, j.handler, j.attempts, n.node, j.updated_at"
+                " FROM jobs j JOIN nodes n ON n.epoch = j.epoch"
+                " WHERE j.state = 'running' AND j.epoch <> $1 ORDER BY j.updated_at LIMIT $2",
+                self.epoch,
+                limit,
             )
         )
-        return [row[0] for row in rows]
+        return [(r[0], r[1], r[2], int(r[3]), r[4], float(r[5])) for r in rows]
 
     async def stop_requests(self) -> list[str]:
         """Ids of this node's running attempts that another node asked to stop."""

@@ -91,7 +91,11 @@ function renderLanes(snap) {
   fill("#zombies", snap.zombies.map((z) => el("tr", { "data-job": z.job_id },
     el("td", {}, z.job_id), el("td", {}, sessionLink(z.session)), el("td", {}, z.kind),
     el("td", { class: "n" }, secs(z.age_s)))));
+  fill("#nodes", (snap.running || []).map((r) => el("tr", { "data-job": r.job_id, "data-node": r.node },
+    el("td", {}, r.node), el("td", {}, r.job_id), el("td", {}, sessionLink(r.session)),
+    el("td", {}, r.handler), el("td", { class: "n" }, r.attempt), el("td", { class: "n" }, secs(r.age_s)))));
   $("#summary").replaceChildren(
+    el("span", { class: "stat" }, "node ", el("b", {}, snap.node || "?")),
     el("span", { class: "stat" }, el("b", {}, snap.jobs_running), " running"),
     el("span", { class: "stat" }, el("b", {}, snap.jobs_queued), " queued"),
     el("span", { class: "stat" + (snap.zombies.length ? " bad" : "") }, el("b", {}, snap.zombies.length), " zombies"),
