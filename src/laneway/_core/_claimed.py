@@ -75,6 +75,7 @@ class ClaimedSlots:
         self._ready: deque[JobRecord] = deque()
         self._active: Counter[str] = Counter()
         self._lane_active: Counter[str] = Counter()
+        self._held: set[str] = set()  # sessions whose head waits out a retry backoff here
         self._cluster: dict[str, tuple[int, int]] = {}  # lane -> (cap, busy)
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -125,11 +126,15 @@ class ClaimedSlots:
         self._kick.set()
 
     def requeue_head(self, ticket: JobRecord, *, held: bool) -> None:
-        # The store's retry write already put it back at its session's head.
+        # The store's retry write already put it back at its session's head (and the
+        # database holds it for its backoff); remembered here for stop and the snapshot.
         self._add_local(ticket)
+        if held:
+            self._held.add(ticket.session)
         self._kick.set()
 
     def unhold(self, session: str) -> None:
+        self._held.discard(session)
         self._kick.set()
 
     def next_ready(self) -> JobRecord | None:
@@ -152,9 +157,16 @@ class ClaimedSlots:
             del self._active[ticket.session]
         for lane in ticket.lanes:
             self._lane_active[lane] -= 1
+            # The cluster's count is refreshed each poll tick; until then it must not
+            # show the slot this node just freed (the snapshot, the wait reports).
+            counted = self._cluster.get(lane)
+            if counted is not None:
+                self._cluster[lane] = (counted[0], max(0, counted[1] - 1))
         self._kick.set()  # the next claim rides in the batch after this finish
 
     def remove(self, ticket: JobRecord) -> bool:
+        if ticket.session in self._held and self._heads().get(ticket.session) is ticket:
+            self._held.discard(ticket.session)  # a held retry stopped: its backoff is moot
         return self._pop_local(ticket.id) is not None
 
     def queued_in(self, session: str) -> int:
@@ -167,13 +179,10 @@ class ClaimedSlots:
         return sorted((j for j in self._local.values() if j.session == session), key=_order)
 
     def is_held(self, session: str) -> bool:
-        return False  # backoffs are held by the database (run_after)
+        return session in self._held
 
     def sessions(self) -> Iterator[tuple[str, int, int, JobRecord | None]]:
-        heads: dict[str, JobRecord] = {}
-        for job in self._local.values():
-            if job.session not in heads or _order(job) < _order(heads[job.session]):
-                heads[job.session] = job
+        heads = self._heads()
         for key in sorted(set(heads) | set(self._active)):
             yield key, self._active[key], self._per_session[key], heads.get(key)
 
@@ -184,15 +193,31 @@ class ClaimedSlots:
             yield name, cap, max(busy, self._lane_active[name]), queued[name]
 
     def waiting_heads(self) -> Iterator[JobRecord]:
-        """The jobs this node knows to be queued (the database orders the rest)."""
-        return iter(list(self._local.values()))
+        """Of the jobs this node knows to be queued, those that wait only for shared
+        slots: heads of sessions with room and no backoff (as the in-process lanes)."""
+        limit = self.config.session_limit
+        return iter([job for job in self._heads().values() if self._has_room(job.session, limit)])
 
     def blocking_lane(self, ticket: JobRecord) -> str | None:
+        session = ticket.session
+        head = self._heads().get(session)
+        if head is not ticket or not self._has_room(session, self.config.session_limit):
+            return f"session:{session}"
         for lane in ticket.lanes:
             cap, busy = self._cluster.get(lane, (1, 0))
-            if busy >= cap:
+            if max(busy, self._lane_active[lane]) >= cap:
                 return lane
         return None
+
+    def _heads(self) -> dict[str, JobRecord]:
+        heads: dict[str, JobRecord] = {}
+        for job in self._local.values():
+            if job.session not in heads or _order(job) < _order(heads[job.session]):
+                heads[job.session] = job
+        return heads
+
+    def _has_room(self, session: str, limit: int) -> bool:
+        return self._active[session] < limit and session not in self._held
 
     async def stop_elsewhere(self, session: str | None, job_id: str | None) -> list[str]:
         """Ask the nodes running these turns to stop them; wait (``cancel_grace`` plus
@@ -241,6 +266,7 @@ class ClaimedSlots:
         for claim in won:
             job_id = claim.job.id
             self._starts[job_id] = claim.event
+            self._held.discard(claim.job.session)  # its head started: no backoff left
             job = self._pop_local(job_id) or self._elsewhere.pop(job_id, None)
             if job is None:
                 job = owner.adopt(claim.job)  # enqueues it, and so readies it

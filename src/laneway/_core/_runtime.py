@@ -402,10 +402,14 @@ class Laneway:
         cancelled, dropped, waits = d.stop_session(session, drop_queued)
         if waits:
             await asyncio.wait(waits)
+        # This node's endings first: committed, they are not running in the database,
+        # so the cluster-wide stop below waits only for other nodes' turns.
+        await _committed(d, [*cancelled, *dropped])
         if d.claims is not None:  # turns of this session running on other nodes
             remote = await d.claims.stop_elsewhere(session, None)
-            cancelled += [job_id for job_id in remote if job_id not in cancelled]
-        await _committed(d, [*cancelled, *dropped])
+            remote = [job_id for job_id in remote if job_id not in cancelled]
+            await _committed(d, remote)
+            cancelled += remote
         return StopResult(cancelled=cancelled, dropped=dropped)
 
     async def cancel(self, job_id: str) -> bool:

@@ -247,14 +247,17 @@ class PostgresStore(Store):
         return [job_info(row) for row in rows]
 
     async def request_stop(self, session: str | None, job_id: str | None) -> list[str]:
-        """Flag running attempts (of ``session``, or the job ``job_id``) for their owner
-        node to cancel; returns the flagged job ids. The owner polls for its flags."""
+        """Flag running attempts of other nodes (of ``session``, or the job ``job_id``)
+        for their owner node to cancel; returns the flagged job ids. The owner polls for
+        its flags. This node's own attempts are never flagged: it stops them itself, and
+        a flag would also cancel a turn of the session that started after the stop."""
         rows = await self._read(
             lambda conn: conn.fetch(
                 "UPDATE jobs SET stop_requested = true WHERE state = 'running'"
-                " AND (session = $1 OR id = $2) RETURNING id",
+                " AND (session = $1 OR id = $2) AND epoch IS DISTINCT FROM $3 RETURNING id",
                 session,
                 job_id,
+                self.epoch,
             )
         )
         return [row[0] for row in rows]
