@@ -76,7 +76,7 @@ class ClaimedSlots:
         self._active: Counter[str] = Counter()
         self._lane_active: Counter[str] = Counter()
         self._held: set[str] = set()  # sessions whose head waits out a retry backoff here
-        self._cluster: dict[str, tuple[int, int]] = {}  # lane -> (cap, busy)
+        self._elsewhere_busy: Counter[str] = Counter()  # other nodes' slots, per poll tick
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._hints: HintSource | None = None
@@ -157,11 +157,6 @@ class ClaimedSlots:
             del self._active[ticket.session]
         for lane in ticket.lanes:
             self._lane_active[lane] -= 1
-            # The cluster's count is refreshed each poll tick; until then it must not
-            # show the slot this node just freed (the snapshot, the wait reports).
-            counted = self._cluster.get(lane)
-            if counted is not None:
-                self._cluster[lane] = (counted[0], max(0, counted[1] - 1))
         self._kick.set()  # the next claim rides in the batch after this finish
 
     def remove(self, ticket: JobRecord) -> bool:
@@ -189,8 +184,7 @@ class ClaimedSlots:
     def shared_counts(self) -> Iterator[tuple[str, int, int, int]]:
         queued = Counter(lane for job in self._local.values() for lane in job.lanes)
         for name, cap in self.config.lanes.items():
-            _cap, busy = self._cluster.get(name, (cap, self._lane_active[name]))
-            yield name, cap, max(busy, self._lane_active[name]), queued[name]
+            yield name, cap, self._busy(name, cap), queued[name]
 
     def waiting_heads(self) -> Iterator[JobRecord]:
         """Of the jobs this node knows to be queued, those that wait only for shared
@@ -204,10 +198,14 @@ class ClaimedSlots:
         if head is not ticket or not self._has_room(session, self.config.session_limit):
             return f"session:{session}"
         for lane in ticket.lanes:
-            cap, busy = self._cluster.get(lane, (1, 0))
-            if max(busy, self._lane_active[lane]) >= cap:
+            cap = self.config.lanes.get(lane, 1)
+            if self._busy(lane, cap) >= cap:
                 return lane
         return None
+
+    def _busy(self, lane: str, cap: int) -> int:
+        """Busy slots of ``lane``: this node's, exact, and the others' as last read."""
+        return min(cap, self._lane_active[lane] + self._elsewhere_busy[lane])
 
     def _heads(self) -> dict[str, JobRecord]:
         heads: dict[str, JobRecord] = {}
@@ -257,8 +255,10 @@ class ClaimedSlots:
                 self._kick.set()
                 continue
             self._take(won)
-            if len(won) == free:
-                self._kick.set()  # there may be more
+            # There may be more: all it asked for came, or (a claim takes one head per
+            # session) a session it won from has room for another of its jobs.
+            if len(won) == free or (won and self.config.session_limit > 1):
+                self._kick.set()
 
     def _take(self, won: Sequence[Claim], *, start: bool = True) -> None:
         owner = self._owner
@@ -348,7 +348,8 @@ class ClaimedSlots:
                 owner.settle(job, info)
 
     async def _counts(self) -> None:
-        self._cluster = {lane: (cap, busy) for lane, cap, busy in await self.store.lane_counts()}
+        counts = await self.store.lane_counts()
+        self._elsewhere_busy = Counter({lane: busy for lane, _cap, busy in counts})
 
     def _lease_lost(self) -> None:
         """Another node owns our attempts now: cancel them at once, decide nothing."""

@@ -80,4 +80,5 @@ class ClaimingStore(Protocol):
 
     async def stop_requests(self) -> list[str]: ...
 
-    async def lane_counts(self) -> list[tuple[str, int, int]]: ...
+    async def lane_counts(self) -> list[tuple[str, int, int]]:
+        """(lane, cap, slots busy with other nodes' attempts) of every shared lane."""
