@@ -33,15 +33,17 @@ __all__ = [
 
 T = TypeVar("T")
 
-# The PostgreSQL kit's URL options. The lease and the poll are timers on the
-# virtual clock (a heartbeat every lease / 3, a claim-and-look-around every
-# poll), but every tick is a few real round trips, so a test that sleeps an
-# hour of virtual time pays for each of them in real time: the kit keeps them
-# rare. The lease itself lapses on the server's (real) clock, which no test
-# here waits for: one node, closed cleanly, its lease released at close. The
-# poll bounds how late a node notices what no hint tells it (a backoff that
-# ended, a job another node took): 60 s keeps an idle virtual hour at 60 ticks.
-_KIT_OPTIONS = {"lease": "1h", "poll": "60s"}
+# The PostgreSQL kit's URL options. The heartbeat (every lease / 3) and the poll
+# tick (reap, stop requests, followed jobs, lane counts, a claim) are timers on
+# the virtual clock, and each costs real round trips: a test that sleeps a
+# virtual hour pays for every tick in real time. A 5 s poll still ticks many
+# times in most tests, racing their finishes and claims as production's 1 s
+# does (such races were found with it), at a third of the 1 s poll's cost; a
+# 60 s poll ticked too rarely to race anything. The lease lapses on the
+# server's real clock: 60 s is longer than any test runs (the per-test timeout),
+# and the virtual clock never runs slower than the real one, so the heartbeat
+# every 20 virtual seconds keeps it; the node releases it at close.
+_KIT_OPTIONS = {"lease": "60s", "poll": "5s"}
 
 
 def in_real_time(fut: asyncio.Future[T]) -> asyncio.Future[T]:
