@@ -37,13 +37,12 @@ T = TypeVar("T")
 # tick (reap, stop requests, followed jobs, lane counts, a claim) are timers on
 # the virtual clock, and each costs real round trips: a test that sleeps a
 # virtual hour pays for every tick in real time. A 5 s poll still ticks many
-# times in most tests, racing their finishes and claims as production's 1 s
-# does (such races were found with it), at a third of the 1 s poll's cost; a
-# 60 s poll ticked too rarely to race anything. The lease lapses on the
-# server's real clock: 60 s is longer than any test runs (the per-test timeout),
-# and the virtual clock never runs slower than the real one, so the heartbeat
-# every 20 virtual seconds keeps it; the node releases it at close.
-_KIT_OPTIONS = {"lease": "60s", "poll": "5s"}
+# times in most tests, so ticks race their finishes and claims as production's
+# 1 s poll does, at a fraction of its cost; a poll of minutes would almost never
+# race anything. The lease lapses on the server's real clock: 2 minutes is
+# longer than any test may run (the per-test timeout is 60 s), so it holds
+# whether or not the virtual clock reached a heartbeat; close releases it.
+_KIT_OPTIONS = {"lease": "2m", "poll": "5s"}
 
 
 def in_real_time(fut: asyncio.Future[T]) -> asyncio.Future[T]:
