@@ -6,20 +6,20 @@ import asyncio
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 
 import laneway
 from laneway import Event, JobInfo, JobState, LaneStats, Laneway, Snapshot
 from laneway.stores import Store
-from laneway.stores._sqlite import SQLiteStore
+
+from ._kits import VirtualTimePostgresStore, VirtualTimeSQLiteStore, postgres_kit_url
 
 T = TypeVar("T")
 
@@ -31,56 +31,48 @@ TERMINAL_KINDS = frozenset(
 )
 
 
-class VirtualTimeSQLiteStore(SQLiteStore):
-    """The SQLite store, for tests on looptime's virtual clock: a commit takes no virtual time.
+StoreFactory = Callable[[], str | Store]
 
-    looptime moves its clock to the next timer whenever the loop has nothing to
-    run. A write is committed by the store's writer thread, so the loop looks idle
-    while it waits, and the clock would jump (a deadline firing before the start
-    it races with has committed). looptime does wait in real time, without moving
-    its clock, for executor futures: each write in flight is paired with one.
-    """
-
-    def add_job(self, **job: Any) -> asyncio.Future[tuple[JobInfo, Event | None]]:
-        return _in_real_time(super().add_job(**job))
-
-    def start_attempt(self, job_id: str, attempt: int) -> asyncio.Future[Event | None]:
-        return _in_real_time(super().start_attempt(job_id, attempt))
-
-    def append_event(
-        self, session: str, job_id: str | None, kind: str, data: Any, *, attempt: int | None
-    ) -> asyncio.Future[Event | None]:
-        return _in_real_time(super().append_event(session, job_id, kind, data, attempt=attempt))
-
-    def retry(self, job_id: str, attempt: int, **how: Any) -> asyncio.Future[Event | None]:
-        return _in_real_time(super().retry(job_id, attempt, **how))
-
-    def finish(
-        self, job_id: str, attempt: int, state: JobState, **how: Any
-    ) -> asyncio.Future[Event | None]:
-        return _in_real_time(super().finish(job_id, attempt, state, **how))
-
-    def requeue(self, job_id: str) -> asyncio.Future[tuple[JobInfo, Event] | None]:
-        return _in_real_time(super().requeue(job_id))
-
-
-def _in_real_time(fut: asyncio.Future[T]) -> asyncio.Future[T]:
-    if not fut.done():
-        committed = threading.Event()
-        fut.add_done_callback(lambda _: committed.set())
-        asyncio.get_running_loop().run_in_executor(None, committed.wait, 60)
-    return fut
-
-
-#: Store kits by name: what ``make_laneway`` opens, given the test's directory. The
-#: ``store_kit`` fixture picks one; a PostgreSQL kit is one more line here.
-STORE_KITS: dict[str, Callable[[Path], str | Store]] = {
-    "memory": lambda tmp: "memory://",
-    "sqlite": lambda tmp: VirtualTimeSQLiteStore(f"sqlite:///{tmp}/laneway.db"),
+#: Store kits by name: given the test's fixtures, what makes the store ``make_laneway``
+#: opens (a factory, so that two Laneways of one test, a restart, share one database).
+STORE_KITS: dict[str, Callable[[pytest.FixtureRequest], StoreFactory]] = {
+    "memory": lambda request: lambda: "memory://",
+    "sqlite": lambda request: _sqlite_kit(request.getfixturevalue("tmp_path")),
+    "postgres": lambda request: _postgres_kit(request.getfixturevalue("postgres_url")),
 }
 
+
+def _sqlite_kit(tmp: Path) -> StoreFactory:
+    return lambda: VirtualTimeSQLiteStore(f"sqlite:///{tmp}/laneway.db")
+
+
+def _postgres_kit(url: str) -> StoreFactory:
+    """The session's server, a schema of this test's own (``postgres_url``)."""
+    url = postgres_kit_url(url)
+    return lambda: VirtualTimePostgresStore(url)
+
+
+#: Marks of a kit's cases: the PostgreSQL kit's need a server (``-m "not postgres"``).
+_KIT_MARKS = {"postgres": (pytest.mark.postgres,)}
+
 #: ``pytestmark = every_store``: run a module's tests once per store kit.
-every_store = pytest.mark.parametrize("store_kit", sorted(STORE_KITS), indirect=True)
+every_store = pytest.mark.parametrize(
+    "store_kit",
+    [pytest.param(name, marks=_KIT_MARKS.get(name, ())) for name in sorted(STORE_KITS)],
+    indirect=True,
+)
+
+
+def skip_backoff_timing_on_server_clock(request: pytest.FixtureRequest) -> None:
+    """Skip the postgres kit's case of a test that times retry backoffs on the virtual clock.
+
+    PostgreSQL holds a retry's backoff on the database server's clock (``run_after``,
+    cluster-wide), which looptime cannot move: there a backoff lasts real seconds,
+    and its length on the virtual clock is arbitrary.
+    """
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("store_kit") == "postgres":
+        pytest.skip("a PostgreSQL backoff runs on the database server's clock, not the virtual one")
 
 
 def now() -> float:

@@ -9,7 +9,6 @@ import os
 import warnings
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,13 +31,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 @pytest.fixture
-def store_kit(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str | Store]:
+def store_kit(request: pytest.FixtureRequest) -> Callable[[], str | Store]:
     """Makes the store ``make_laneway`` uses (memory, unless a test asks for every kit).
 
     A factory, so that two Laneways of one test (a restart) open the same database.
     """
-    kit = STORE_KITS[getattr(request, "param", "memory")]
-    return lambda: kit(tmp_path)
+    return STORE_KITS[getattr(request, "param", "memory")](request)
 
 
 @pytest.fixture

@@ -218,9 +218,11 @@ async def test_a_chatty_session_does_not_starve_another(make: Factory) -> None:
     streaming(a, ran)
     async with a:
         chatty = [await a.submit("chatty", "work", {"n": 2}) for _ in range(100)]
+        before = len(ran)  # chatty's turns run while its 100 submits commit
         quiet = await a.submit("quiet", "work", {"n": 1})
         async with asyncio.timeout(10):
             await quiet.wait()
-        assert ran.index(quiet.id) <= 2  # beside chatty's head, not after its 100 jobs
+        # Beside chatty's turn of the moment, not after its queue of ~100 jobs.
+        assert ran.index(quiet.id) <= before + 1
         for job in chatty:
             await job.cancel()

@@ -8,13 +8,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from laneway import JobState, Laneway, TurnContext
+from laneway import JobState, Laneway, Retry, TurnContext
 
 from .._helpers import SRC
 from ._db import fetch
@@ -66,6 +67,29 @@ async def test_jobs_run_end_to_end_and_commit_before_submit_returns(
     assert [e["kind"] for e in events] == ["job.queued", "job.started", "delta", "job.succeeded"]
     # The start was committed before the handler ran.
     assert '"seen":[["running",1]]' in events[2]["data"]
+
+
+@pytest.mark.slow
+async def test_a_retry_runs_after_its_backoff_not_at_the_next_poll(
+    make: Factory, postgres_url: str
+) -> None:
+    """The database holds the retry from its write on; the node's own unhold must
+    not come before that, or the claim finds it held and waits for the poll."""
+    lw = make(postgres_url.replace("poll=1s", "poll=20s"), retry=Retry(max_attempts=2, backoff=0.5))
+    starts: list[float] = []
+
+    @lw.handler("flaky")
+    async def flaky(ctx: TurnContext, payload: None) -> str:
+        starts.append(time.monotonic())
+        if ctx.attempt == 1:
+            raise RuntimeError("try again")
+        return "ok"
+
+    async with lw:
+        outcome = await (await lw.submit("s", "flaky", None)).wait()
+    assert (outcome.state, outcome.attempts) == (JobState.SUCCEEDED, 2)
+    # Backoff 0.25..0.5 s; a retry left to the poll would wait 10..20 s.
+    assert 0.2 <= starts[1] - starts[0] < 5
 
 
 async def test_queued_jobs_survive_a_restart_and_run_in_order(make: Factory) -> None:

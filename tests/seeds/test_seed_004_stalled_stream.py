@@ -166,6 +166,32 @@ async def test_stop_of_an_uncancellable_turn_returns_within_the_grace(
     assert stubborn.swallowed == 1
 
 
+async def test_a_stop_leaves_alone_the_next_turn_that_starts_in_its_grace(
+    make_laneway: MakeLaneway, stubborn: Stubborn
+) -> None:
+    """The next message starts once the stopped turn is abandoned, while ``stop`` is
+    still finishing; no later look at the stop may end it (a cluster-wide stop
+    once flagged it too, and its node's next poll cancelled it)."""
+    lw = make_laneway(limits=Limits(deadline=900, idle=None, cancel_grace=GRACE))
+
+    @lw.handler("cli")
+    async def cli(ctx: TurnContext, payload: str) -> str:
+        if payload == "stuck":
+            await stubborn.hang()
+        await asyncio.sleep(300)  # several polls of any store
+        return payload
+
+    await lw.start()
+    stuck = await lw.submit("alice", "cli", "stuck")
+    following = await lw.submit("alice", "cli", "next")
+    await asyncio.sleep(1)
+    result = await lw.stop("alice")
+    assert (result.cancelled, result.dropped) == ([stuck.id], [])
+    outcome = await following.wait()
+    assert (outcome.state, outcome.result) == (JobState.SUCCEEDED, "next")
+    assert (await stuck.wait()).state is JobState.CANCELLED
+
+
 async def test_a_stopped_turns_late_end_does_not_touch_the_next_turn(
     make_laneway: MakeLaneway,
 ) -> None:

@@ -167,16 +167,18 @@ async def test_requeue_sends_failed_and_timed_out_jobs_to_the_tail(
 async def test_join_waits_for_everything_queued_or_running(
     make_laneway: MakeLaneway, stubborn: Stubborn
 ) -> None:
-    lw = _turns(make_laneway, stubborn, Starts(), retry=Retry(max_attempts=2, backoff=30))
+    # bob's backoff outlasts alice's two slow turns (6 s), so only a join that waits
+    # for the held retry lasts 7 s; short, as PostgreSQL holds it in real seconds.
+    lw = _turns(make_laneway, stubborn, Starts(), retry=Retry(max_attempts=2, backoff=14))
     await lw.start()
     t0 = now()
     await lw.join()  # idle: returns at once
     assert now() == t0
     await lw.submit("alice", "turn", "slow")
     await lw.submit("alice", "turn", "slow 2")
-    await lw.submit("bob", "turn", "fail")  # retried after a backoff of 15..30 s
+    await lw.submit("bob", "turn", "fail")  # retried after a backoff of 7..14 s
     await lw.join()
-    assert now() - t0 >= 15
+    assert now() - t0 >= 7
     assert lw.snapshot().jobs_queued == lw.snapshot().jobs_running == 0
 
 

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from .._errors import Overloaded
 from .._types import Event, JobInfo, JobState, Reason, RunningJob
-from ..stores._claiming import Claim, ClaimingStore, HintSource, Lost
+from ..stores._claiming import Claim, ClaimingStore, HintSource, Lost, Stops
 from ._attempt import Attempt, JobRecord
 from ._config import Config, HandlerSpec, ResolvedLimits
 
@@ -96,7 +96,8 @@ class ClaimedSlots:
         self._ready: deque[JobRecord] = deque()
         self._active: Counter[str] = Counter()
         self._lane_active: Counter[str] = Counter()
-        self._cluster: dict[str, tuple[int, int]] = {}  # lane -> (cap, busy)
+        self._held: set[str] = set()  # sessions whose head waits out a retry backoff here
+        self._elsewhere_busy: Counter[str] = Counter()  # other nodes' slots, per poll tick
         # Queued jobs in the database at the last count, and submits let through since.
         self._queued_total = 0
         self._queued_near: dict[str, int] = {}  # sessions near max_queued_per_session
@@ -154,11 +155,15 @@ class ClaimedSlots:
         self._kick.set()
 
     def requeue_head(self, ticket: JobRecord, *, held: bool) -> None:
-        # The store's retry write already put it back at its session's head.
+        # The store's retry write already put it back at its session's head (and the
+        # database holds it for its backoff); remembered here for stop and the snapshot.
         self._add_local(ticket)
+        if held:
+            self._held.add(ticket.session)
         self._kick.set()
 
     def unhold(self, session: str) -> None:
+        self._held.discard(session)
         self._kick.set()
 
     def next_ready(self) -> JobRecord | None:
@@ -184,6 +189,8 @@ class ClaimedSlots:
         self._kick.set()  # the next claim rides in the batch after this finish
 
     def remove(self, ticket: JobRecord) -> bool:
+        if ticket.session in self._held and self._heads().get(ticket.session) is ticket:
+            self._held.discard(ticket.session)  # a held retry stopped: its backoff is moot
         return self._pop_local(ticket.id) is not None
 
     def queued_in(self, session: str) -> int:
@@ -196,43 +203,66 @@ class ClaimedSlots:
         return sorted((j for j in self._local.values() if j.session == session), key=_order)
 
     def is_held(self, session: str) -> bool:
-        return False  # backoffs are held by the database (run_after)
+        return session in self._held
 
     def sessions(self) -> Iterator[tuple[str, int, int, JobRecord | None]]:
-        heads: dict[str, JobRecord] = {}
-        for job in self._local.values():
-            if job.session not in heads or _order(job) < _order(heads[job.session]):
-                heads[job.session] = job
+        heads = self._heads()
         for key in sorted(set(heads) | set(self._active)):
             yield key, self._active[key], self._per_session[key], heads.get(key)
 
     def shared_counts(self) -> Iterator[tuple[str, int, int, int]]:
         queued = Counter(lane for job in self._local.values() for lane in job.lanes)
         for name, cap in self.config.lanes.items():
-            _cap, busy = self._cluster.get(name, (cap, self._lane_active[name]))
-            yield name, cap, max(busy, self._lane_active[name]), queued[name]
+            yield name, cap, self._busy(name, cap), queued[name]
 
     def waiting_heads(self) -> Iterator[JobRecord]:
-        """The jobs this node knows to be queued (the database orders the rest)."""
-        return iter(list(self._local.values()))
+        """Of the jobs this node knows to be queued, those that wait only for shared
+        slots: heads of sessions with room and no backoff (as the in-process lanes)."""
+        limit = self.config.session_limit
+        return iter([job for job in self._heads().values() if self._has_room(job.session, limit)])
 
     def blocking_lane(self, ticket: JobRecord) -> str | None:
+        session = ticket.session
+        head = self._heads().get(session)
+        if head is not ticket or not self._has_room(session, self.config.session_limit):
+            return f"session:{session}"
         for lane in ticket.lanes:
-            cap, busy = self._cluster.get(lane, (1, 0))
-            if busy >= cap:
+            cap = self.config.lanes.get(lane, 1)
+            if self._busy(lane, cap) >= cap:
                 return lane
         return None
 
-    async def stop(
+    def _busy(self, lane: str, cap: int) -> int:
+        """Busy slots of ``lane``: this node's, exact, and the others' as last read."""
+        return min(cap, self._lane_active[lane] + self._elsewhere_busy[lane])
+
+    def _heads(self) -> dict[str, JobRecord]:
+        heads: dict[str, JobRecord] = {}
+        for job in self._local.values():
+            if job.session not in heads or _order(job) < _order(heads[job.session]):
+                heads[job.session] = job
+        return heads
+
+    def _has_room(self, session: str, limit: int) -> bool:
+        return self._active[session] < limit and session not in self._held
+
+    def stop(
         self, session: str | None, job_id: str | None, *, drop_queued: bool
-    ) -> tuple[list[str], list[str]]:
+    ) -> Awaitable[tuple[list[str], list[str]]]:
         """Stop across the cluster: the database ends the queued jobs (whichever node
         accepted them) and flags the running ones; wait (``cancel_grace`` plus two
         polls at most) until those no longer run. Returns (cancelled, dropped) ids:
-        running turns and retries waiting out a backoff, and queued jobs."""
+        running turns and retries waiting out a backoff, and queued jobs.
+
+        The write is queued at the call, so it commits ahead of the finishes of turns
+        the caller stops next: the session's queued jobs are gone before a slot they
+        free could start one of them."""
+        return self._stopped(self.store.stop_jobs(session, job_id, drop_queued=drop_queued))
+
+    async def _stopped(self, written: Awaitable[Stops]) -> tuple[list[str], list[str]]:
         owner = self._owner
         assert owner is not None
-        stops = await self.store.stop_jobs(session, job_id, drop_queued=drop_queued)
+        stops = await written
         cancelled: list[str] = []
         dropped: list[str] = []
         for info, event in stops.ended:
@@ -351,8 +381,10 @@ class ClaimedSlots:
                 self._kick.set()
                 continue
             self._take(won)
-            if len(won) == free:
-                self._kick.set()  # there may be more
+            # There may be more: all it asked for came, or (a claim takes one head per
+            # session) a session it won from has room for another of its jobs.
+            if len(won) == free or (won and self.config.session_limit > 1):
+                self._kick.set()
 
     def _take(self, won: Sequence[Claim], *, start: bool = True) -> None:
         owner = self._owner
@@ -360,6 +392,7 @@ class ClaimedSlots:
         for claim in won:
             job_id = claim.job.id
             self._starts[job_id] = claim.event
+            self._held.discard(claim.job.session)  # its head started: no backoff left
             job = self._pop_local(job_id) or self._elsewhere.pop(job_id, None)
             if job is None:
                 job = owner.adopt(claim.job)  # enqueues it, and so readies it
@@ -442,7 +475,8 @@ class ClaimedSlots:
                 owner.settle(job, info)
 
     async def _counts(self) -> None:
-        self._cluster = {lane: (cap, busy) for lane, cap, busy in await self.store.lane_counts()}
+        counts = await self.store.lane_counts()
+        self._elsewhere_busy = Counter({lane: busy for lane, _cap, busy in counts})
 
     async def _others(self) -> None:
         self._running = await self.store.running_jobs(_RUNNING_MAX)

@@ -370,14 +370,23 @@ class Dispatcher:
                     "delay": verdict.delay,
                 },
             )
-            self._requeue_head(job, verdict.delay)
+            self._requeue_head(job, verdict.delay, write)
 
-    def _requeue_head(self, job: JobRecord, delay: float) -> None:
-        """A retried job keeps the head of its session, held until its backoff ends."""
+    def _requeue_head(self, job: JobRecord, delay: float, write: Write[Event | None]) -> None:
+        """A retried job keeps the head of its session, held until its backoff ends.
+
+        The backoff counts from the retry's commit: a store that holds the job
+        itself (PostgreSQL, from the write on) would refuse it to an earlier unhold,
+        and the retry would wait for the next poll instead of its backoff.
+        """
         job.state = JobState.QUEUED
         self.queued[job.id] = job
         self.slots.requeue_head(job, held=delay > 0)
         if delay > 0:
+            _when_written(write, lambda _event: self._hold(job, delay))
+
+    def _hold(self, job: JobRecord, delay: float) -> None:
+        if self.queued.get(job.id) is job and job.state is JobState.QUEUED:  # not stopped
             job.retry_timer = self.timers.call_at(self.loop.time() + delay, self._unhold, job)
 
     def _unhold(self, job: JobRecord) -> None:

@@ -390,7 +390,9 @@ class Laneway:
             return Job(self, info.id, info.session, info.handler)
         if self._bus.watched:
             self._bus.publish(event)
-        if self._state == _RUNNING:  # else closed while committing: it stays queued in the store
+        # Else closed while committing: it stays queued in the store. A node's claim that
+        # committed beside the submit may have taken the job (and adopted it) already.
+        if self._state == _RUNNING and job_id not in d.jobs:
             d.enqueue(JobRecord(job_id, session, spec, payload, (-priority, next(self._seq))))
             d.pump()
         return Job(self, job_id, session, handler)
@@ -405,13 +407,22 @@ class Laneway:
         with ``drop_queued`` also cancel its queued jobs."""
         d = self._require_running()
         check_session(session)
+        # Its queue and its turns on every node: written first, so no slot this stop
+        # frees can start a queued job it drops (the write never flags this node's own
+        # turns, which it ends itself just below).
+        elsewhere_stop = (
+            d.claims.stop(session, None, drop_queued=drop_queued) if d.claims is not None else None
+        )
         cancelled, dropped, waits = d.stop_session(session, drop_queued)
         if waits:
             await asyncio.wait(waits)
-        if d.claims is not None:  # its queue and its turns on every node
-            more, dropped = await d.claims.stop(session, None, drop_queued=drop_queued)
-            cancelled += [job_id for job_id in more if job_id not in cancelled]
         await _committed(d, [*cancelled, *dropped])
+        if elsewhere_stop is not None:
+            more, elsewhere = await elsewhere_stop
+            more = [job_id for job_id in more if job_id not in cancelled]
+            await _committed(d, [*more, *elsewhere])
+            cancelled += more
+            dropped += elsewhere
         return StopResult(cancelled=cancelled, dropped=dropped)
 
     async def cancel(self, job_id: str) -> bool:

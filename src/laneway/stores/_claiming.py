@@ -110,4 +110,5 @@ class ClaimingStore(Protocol):
 
     async def running_jobs(self, limit: int) -> list[tuple[str, str, str, int, str, float]]: ...
 
-    async def lane_counts(self) -> list[tuple[str, int, int]]: ...
+    async def lane_counts(self) -> list[tuple[str, int, int]]:
+        """(lane, cap, slots busy with other nodes' attempts) of every shared lane."""

@@ -313,10 +313,16 @@ class PostgresStore(Store):
         return [row[0] for row in rows]
 
     async def lane_counts(self) -> list[tuple[str, int, int]]:
-        """(lane, cap, busy slots across the cluster) of every shared lane."""
+        """(lane, cap, slots busy with other nodes' attempts) of every shared lane.
+
+        This node's own are left out: it knows them better than a read racing its
+        finishes (a slot it freed stays taken here until the finish commits)."""
         rows = await self._read(
             lambda conn: conn.fetch(
-                "SELECT lane, count(*), count(job_id) FROM slots GROUP BY lane ORDER BY lane"
+                "SELECT s.lane, count(*), count(s.job_id) FILTER (WHERE j.epoch IS DISTINCT"
+                " FROM $1) FROM slots s LEFT JOIN jobs j ON j.id = s.job_id"
+                " GROUP BY s.lane ORDER BY s.lane",
+                self.epoch,
             )
         )
         return [(row[0], int(row[1]), int(row[2])) for row in rows]

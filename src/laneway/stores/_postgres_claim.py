@@ -161,11 +161,12 @@ async def set_lanes(conn: asyncpg.Connection, caps: Mapping[str, int]) -> None:
 
 
 # Only heads whose every lane has a free slot are worth locking: a thousand heads
-# waiting on a full lane must not hide a younger head that could run now.
+# waiting on a full lane must not hide a younger head that could run now. Across
+# sessions the higher priority head goes first, then the older (as in one process).
 _HEADS = f"""
 SELECT j.num, j.handler FROM sessions s JOIN jobs j ON j.num = s.head AND j.state = 'queued'
 WHERE s.ready IS NOT NULL AND s.not_before <= {_NOW} AND j.handler = ANY($2::text[])
-ORDER BY s.ready LIMIT $1
+ORDER BY j.priority DESC, s.ready LIMIT $1
 FOR UPDATE OF s SKIP LOCKED
 """
 
@@ -269,7 +270,7 @@ async def _start(
 ) -> list[Claimed]:
     now = time.time()
     started = await conn.fetch(_START, list(chosen), batch.epoch, now)
-    started = sorted(started, key=lambda row: int(row["num"]))
+    started = sorted(started, key=lambda row: (-int(row["priority"]), int(row["num"])))
     taken = [(lane, slot, row[0]) for row in started for lane, slot in chosen[row["num"]]]
     if taken:
         await conn.execute(_TAKE_SLOTS, *(list(column) for column in zip(*taken, strict=True)))

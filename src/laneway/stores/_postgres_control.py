@@ -85,9 +85,12 @@ SELECT session, seq, job_id, 'job.cancelled', data, $5
 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) AS e(session, seq, job_id, data)
 """
 
+# A session stop leaves this node's own turns to it: it has ended them already, and
+# a flag would also catch the session's next turn, started here while the stop ran.
 _FLAG = """
 UPDATE jobs SET stop_requested = true
-WHERE state = 'running' AND (session = $1 OR id = $2) RETURNING id
+WHERE state = 'running' AND (id = $2 OR (session = $1 AND epoch IS DISTINCT FROM $3))
+RETURNING id
 """
 
 
@@ -133,7 +136,7 @@ async def stop_jobs(
         )
         batch.runnable = True  # the session's next job may run now
         ended = [(info, ev) for info, ev, _d in made]
-    flagged = [row[0] for row in await conn.fetch(_FLAG, session, job_id)]
+    flagged = [row[0] for row in await conn.fetch(_FLAG, session, job_id, batch.epoch)]
     return Stopped(ended, flagged)
 
 
