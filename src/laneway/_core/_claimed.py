@@ -33,6 +33,9 @@ __all__ = ["ClaimOwner", "ClaimedSlots"]
 log = logging.getLogger("laneway.runtime")
 
 _FOLLOW_MAX = 5000  # most local jobs whose fate one tick looks up
+# Local jobs of sessions that no hint named, looked up per tick, in turn: a backlog
+# of 20,000 queued jobs costs a tick one short read, not a scan of them all.
+_SWEEP = 500
 
 
 class ClaimOwner(Protocol):
@@ -69,7 +72,9 @@ class ClaimedSlots:
         self._owner: ClaimOwner | None = None
         self._handler_lanes: dict[str, tuple[str, ...]] = {}
         self._local: dict[str, JobRecord] = {}  # queued, as far as this node knows
-        self._per_session: Counter[str] = Counter()
+        self._per_session: dict[str, dict[str, JobRecord]] = {}  # the local jobs by session
+        self._hinted: set[str] | None = set()  # sessions with news since the last follow
+        self._sweep = 0
         self._elsewhere: dict[str, JobRecord] = {}  # running on another node
         self._starts: dict[str, Event] = {}  # won, job.started committed
         self._ready: deque[JobRecord] = deque()
@@ -158,7 +163,7 @@ class ClaimedSlots:
         return self._pop_local(ticket.id) is not None
 
     def queued_in(self, session: str) -> int:
-        return self._per_session[session]
+        return len(self._per_session.get(session, ()))
 
     def active_in(self, session: str) -> int:
         return self._active[session]
@@ -175,7 +180,7 @@ class ClaimedSlots:
             if job.session not in heads or _order(job) < _order(heads[job.session]):
                 heads[job.session] = job
         for key in sorted(set(heads) | set(self._active)):
-            yield key, self._active[key], self._per_session[key], heads.get(key)
+            yield key, self._active[key], len(self._per_session.get(key, ())), heads.get(key)
 
     def shared_counts(self) -> Iterator[tuple[str, int, int, int]]:
         queued = Counter(lane for job in self._local.values() for lane in job.lanes)
@@ -266,6 +271,10 @@ class ClaimedSlots:
             if hints.all_sessions or hints.sessions:
                 assert self._owner is not None
                 self._owner.events_elsewhere(None if hints.all_sessions else hints.sessions)
+                if hints.all_sessions:
+                    self._hinted = None
+                elif self._hinted is not None:
+                    self._hinted.update(hints.sessions)
             tick = self._tick
             if loop.time() - last >= self.store.poll * 0.5 and (tick is None or tick.done()):
                 last = loop.time()
@@ -296,12 +305,30 @@ class ClaimedSlots:
                 att.cancel(Reason.STOPPED)
 
     async def _follow(self) -> None:
-        ids = list(self._elsewhere)[:_FOLLOW_MAX]
-        ids += list(self._local)[: _FOLLOW_MAX - len(ids)]
-        if not ids:
-            return
-        for info in await self.store.jobs_by_id(ids):
-            self._followed(info)
+        elsewhere = list(self._elsewhere)[:_FOLLOW_MAX]
+        if elsewhere:
+            for info in await self.store.jobs_by_id(elsewhere):
+                self._followed(info)
+        local = self._to_follow(_FOLLOW_MAX - len(elsewhere))
+        if local:  # most of a backlog is still queued: only what moved comes back
+            for info in await self.store.jobs_by_id(local, moved=True):
+                self._followed(info)
+
+    def _to_follow(self, most: int) -> list[str]:
+        """Local jobs of the sessions hints named (every one after a ``*``), then the
+        next turn of the sweep through the rest, which covers what a lost hint hid."""
+        hinted, self._hinted = self._hinted, set()
+        if hinted is None:
+            return list(self._local)[:most]
+        ids = [i for s in hinted for i in self._per_session.get(s, ())][:most]
+        keys = list(self._local)
+        if len(keys) > _SWEEP:
+            start = self._sweep % len(keys)
+            self._sweep = start + _SWEEP
+            keys = (keys[start:] + keys[:start])[:_SWEEP]
+        chosen = set(ids)
+        ids += [i for i in keys if i not in chosen][: max(0, most - len(ids))]
+        return ids
 
     def _followed(self, info: JobInfo) -> None:
         owner = self._owner
@@ -336,15 +363,14 @@ class ClaimedSlots:
     def _add_local(self, job: JobRecord) -> None:
         if job.id not in self._local:
             self._local[job.id] = job
-            self._per_session[job.session] += 1
+            self._per_session.setdefault(job.session, {})[job.id] = job
 
     def _pop_local(self, job_id: str) -> JobRecord | None:
         job = self._local.pop(job_id, None)
         if job is not None:
-            left = self._per_session[job.session] - 1
-            if left > 0:
-                self._per_session[job.session] = left
-            else:
+            mine = self._per_session[job.session]
+            del mine[job_id]
+            if not mine:
                 del self._per_session[job.session]
         return job
 

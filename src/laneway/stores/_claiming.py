@@ -74,7 +74,8 @@ class ClaimingStore(Protocol):
 
     async def listen(self) -> HintSource: ...
 
-    async def jobs_by_id(self, ids: Sequence[str]) -> list[JobInfo]: ...
+    async def jobs_by_id(self, ids: Sequence[str], *, moved: bool = False) -> list[JobInfo]:
+        """The jobs with these ids; with ``moved``, only those no longer queued."""
 
     async def request_stop(self, session: str | None, job_id: str | None) -> list[str]: ...
 

@@ -237,13 +237,13 @@ class PostgresStore(Store):
     def capacity(self) -> int:
         return self.settings.capacity
 
-    async def jobs_by_id(self, ids: Sequence[str]) -> list[JobInfo]:
-        """The jobs with these ids, as committed (one query)."""
-        rows = await self._read(
-            lambda conn: conn.fetch(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1::text[])", list(ids)
-            )
-        )
+    async def jobs_by_id(self, ids: Sequence[str], *, moved: bool = False) -> list[JobInfo]:
+        """The jobs with these ids, as committed (one query); with ``moved`` only those
+        no longer queued, so following a long queue reads (and decodes) what changed."""
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1::text[])"
+        if moved:
+            sql += " AND state <> 'queued'"
+        rows = await self._read(lambda conn: conn.fetch(sql, list(ids)))
         return [job_info(row) for row in rows]
 
     async def request_stop(self, session: str | None, job_id: str | None) -> list[str]:

@@ -162,9 +162,15 @@ async def set_lanes(conn: asyncpg.Connection, caps: Mapping[str, int]) -> None:
 
 # Only heads whose every lane has a free slot are worth locking: a thousand heads
 # waiting on a full lane must not hide a younger head that could run now.
+# The plan is fixed by its shape, not by statistics (a young table has none): walk
+# sessions_ready in order and look each head up by its key (OFFSET 0 keeps the
+# lookup a nested loop), stopping at the limit; never hash every queued job.
 _HEADS = f"""
-SELECT j.num, j.handler FROM sessions s JOIN jobs j ON j.num = s.head AND j.state = 'queued'
-WHERE s.ready IS NOT NULL AND s.not_before <= {_NOW} AND j.handler = ANY($2::text[])
+SELECT s.head, h.handler FROM sessions s
+CROSS JOIN LATERAL (
+    SELECT j.handler FROM jobs j
+    WHERE j.num = s.head AND j.state = 'queued' AND j.handler = ANY($2::text[]) OFFSET 0) h
+WHERE s.ready IS NOT NULL AND s.not_before <= {_NOW}
 ORDER BY s.ready LIMIT $1
 FOR UPDATE OF s SKIP LOCKED
 """
@@ -227,6 +233,27 @@ def _assign(
     return chosen
 
 
+_SLACK = 8  # heads locked beyond the free slots, for heads whose other lanes are full
+
+
+def _heads_wanted(
+    capacity: int,
+    runnable: Sequence[str],
+    free_now: Mapping[str, int],
+    handler_lanes: Mapping[str, Sequence[str]],
+) -> int:
+    """How many heads to lock: no more than the free slots could start.
+
+    A locked head stays locked until the batch commits, and another node's writes
+    to that session wait for it, so locking heads that cannot run costs the cluster.
+    """
+    bound = 0
+    for handler in runnable:
+        lanes = handler_lanes[handler]
+        bound += min((free_now[lane] for lane in lanes), default=capacity)
+    return min(capacity, bound) + _SLACK
+
+
 async def claim(
     conn: asyncpg.Connection,
     batch: Batch,
@@ -248,7 +275,8 @@ async def claim(
     ]
     if not runnable:
         return []
-    rows = await conn.fetch(_HEADS, capacity * 2 + 16, runnable)
+    wanted_heads = _heads_wanted(capacity, runnable, free_now, handler_lanes)
+    rows = await conn.fetch(_HEADS, wanted_heads, runnable)
     heads = [(row[0], row[1]) for row in rows]
     if not heads:
         return []
