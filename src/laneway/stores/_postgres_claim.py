@@ -175,7 +175,18 @@ ORDER BY s.ready LIMIT $1
 FOR UPDATE OF s SKIP LOCKED
 """
 
-_FREE_COUNTS = "SELECT lane, count(*) FROM slots WHERE job_id IS NULL GROUP BY lane"
+# Per lane: free slots, the cap, the slots this node's attempts hold, and how many
+# other live nodes want more of it than they got (see ``_fair``).
+_LANES = f"""
+SELECT s.lane, count(*) FILTER (WHERE s.job_id IS NULL), count(*),
+    count(*) FILTER (WHERE s.job_id IS NOT NULL
+                     AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = s.job_id AND j.epoch = $1)),
+    (SELECT count(*) FROM nodes n
+     WHERE n.epoch <> $1 AND s.lane = ANY(n.wants) AND n.expires_at > {_NOW})
+FROM slots s GROUP BY s.lane
+"""
+
+_WANTS = "UPDATE nodes SET wants = $2::text[] WHERE epoch = $1 AND wants <> $2::text[]"
 
 _FREE_SLOTS = """
 SELECT w.lane, s.slot FROM unnest($1::text[], $2::int[]) AS w(lane, n)
@@ -189,10 +200,13 @@ UPDATE slots SET job_id = v.job FROM unnest($1::text[], $2::int[], $3::text[]) A
 WHERE slots.lane = v.lane AND slots.slot = v.slot
 """
 
+# The state test is a CASE so that it is a guard on the rows found by key, never a
+# way in: as a plain qual, a planner without statistics scans every queued job
+# (jobs_queued) for the 64 it wants. The same holds for the writes' lookups by id.
 _START = f"""
 UPDATE jobs SET state = 'running', attempts = attempts + 1, output = false, epoch = $2,
     updated_at = $3, stop_requested = false
-WHERE num = ANY($1::bigint[]) AND state = 'queued'
+WHERE num = ANY($1::bigint[]) AND CASE WHEN state = 'queued' THEN true END
   AND EXISTS (SELECT 1 FROM nodes WHERE epoch = $2)  -- a node whose lease is gone claims nothing
 RETURNING {JOB_COLUMNS}, num
 """
@@ -254,6 +268,20 @@ def _heads_wanted(
     return min(capacity, bound) + _SLACK
 
 
+def _fair(free: int, cap: int, mine: int, others: int) -> int:
+    """The slots of a lane this claim may take.
+
+    A node claims in the batch that holds its finishes, so it would take back every
+    slot it just freed and another node with room could starve. While ``others``
+    live nodes want this lane too, a node tops up to ``ceil(cap / wanting nodes)``
+    and leaves the rest to them (this batch's NOTIFY wakes them).
+    """
+    if others == 0:
+        return free
+    share = -(-cap // (others + 1))
+    return max(0, min(free, share - mine))
+
+
 async def claim(
     conn: asyncpg.Connection,
     batch: Batch,
@@ -263,11 +291,25 @@ async def claim(
     """Start up to ``capacity`` runnable jobs whose handler is in ``handler_lanes``.
 
     Runs inside the caller's transaction (the writer's batch); the ``job.started``
-    events and slots commit with it. Oldest session head first, across sessions.
+    events and slots commit with it. Oldest session head first, across sessions;
+    a lane's slots shared fairly among the nodes that want work (``_fair``).
     """
     if capacity < 1:
         return []
-    free_now = {row[0]: row[1] for row in await conn.fetch(_FREE_COUNTS)}
+    started = await _claim(conn, batch, capacity, handler_lanes)
+    wants = sorted({lane for lanes in handler_lanes.values() for lane in lanes})
+    await conn.execute(_WANTS, batch.epoch, wants if len(started) < capacity else [])
+    return started
+
+
+async def _claim(
+    conn: asyncpg.Connection,
+    batch: Batch,
+    capacity: int,
+    handler_lanes: Mapping[str, Sequence[str]],
+) -> list[Claimed]:
+    lanes_now = await conn.fetch(_LANES, batch.epoch)
+    free_now = {row[0]: _fair(row[1], row[2], row[3], row[4]) for row in lanes_now}
     runnable = [
         handler
         for handler, lanes in handler_lanes.items()
@@ -284,7 +326,8 @@ async def claim(
     free: dict[str, list[int]] = {}
     if wanted:
         lanes = sorted(wanted)
-        for row in await conn.fetch(_FREE_SLOTS, lanes, [wanted[lane] for lane in lanes]):
+        counts = [min(wanted[lane], free_now.get(lane, 0)) for lane in lanes]
+        for row in await conn.fetch(_FREE_SLOTS, lanes, counts):
             free.setdefault(row[0], []).append(row[1])
     chosen = _assign(heads, free, handler_lanes, capacity)
     if not chosen:

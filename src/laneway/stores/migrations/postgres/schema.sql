@@ -74,5 +74,6 @@ CREATE TABLE nodes (
     host text NOT NULL,
     pid integer NOT NULL,
     started_at double precision NOT NULL,
-    expires_at double precision NOT NULL
+    expires_at double precision NOT NULL,
+    wants text[] NOT NULL DEFAULT '{}'::text[]
 );
