@@ -27,6 +27,7 @@ from .._types import Event, JobInfo, JobState, Reason
 from ..stores._claiming import Claim, ClaimingStore, HintSource, Lost
 from ._attempt import Attempt, JobRecord
 from ._config import Config, HandlerSpec, ResolvedLimits
+from ._policy import SUSPECT_LANE, SUSPECT_MARKS
 
 __all__ = ["ClaimOwner", "ClaimedSlots"]
 
@@ -92,7 +93,9 @@ class ClaimedSlots:
     async def start(self, owner: ClaimOwner, handlers: Mapping[str, HandlerSpec]) -> None:
         self._owner = owner
         self._handler_lanes = {name: spec.lanes for name, spec in handlers.items()}
-        await self.store.set_lanes(self.config.lanes, session_limit=self.config.session_limit)
+        # Crash suspects run alone cluster-wide: the lane's one slot is a database row too.
+        lanes = {**self.config.lanes, SUSPECT_LANE: 1}
+        await self.store.set_lanes(lanes, session_limit=self.config.session_limit)
         self._hints = await self.store.listen()
         self.store.on_lease_lost.append(self._lease_lost)
         loop = asyncio.get_running_loop()
@@ -224,7 +227,7 @@ class ClaimedSlots:
             if free <= 0:
                 continue
             claiming = self._claiming = asyncio.ensure_future(
-                self.store.claim(free, self._handler_lanes)
+                self.store.claim(free, self._handler_lanes, _SUSPECTS)
             )
             try:
                 # Shielded: a claim cut off by close() still commits; close() collects it.
@@ -373,6 +376,10 @@ class ClaimedSlots:
             if not mine:
                 del self._per_session[job.session]
         return job
+
+
+#: A job queued with a suspect's reason also needs the suspects' lane.
+_SUSPECTS = dict.fromkeys(sorted(SUSPECT_MARKS), SUSPECT_LANE)
 
 
 def _order(job: JobRecord) -> tuple[int, int]:

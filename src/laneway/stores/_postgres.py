@@ -206,10 +206,15 @@ class PostgresStore(Store):
         await claims.set_lanes(await self._keeper_conn(), caps)
 
     def claim(
-        self, capacity: int, handler_lanes: Mapping[str, Sequence[str]]
+        self,
+        capacity: int,
+        handler_lanes: Mapping[str, Sequence[str]],
+        reason_lanes: Mapping[str, str] | None = None,
     ) -> asyncio.Future[list[Claimed]]:
-        """Start up to ``capacity`` runnable jobs of these handlers, in the next batch."""
-        return self._write(claims.claim, (capacity, dict(handler_lanes)))
+        """Start up to ``capacity`` runnable jobs of these handlers, in the next batch;
+        a job queued with a reason in ``reason_lanes`` also takes a slot of that lane."""
+        args = (capacity, dict(handler_lanes), dict(reason_lanes or {}))
+        return self._write(claims.claim, args)
 
     async def listen(self) -> Listener:
         """A started ``Listener`` for this store's wake-ups (closed with the store)."""

@@ -27,7 +27,6 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 
@@ -165,11 +164,13 @@ async def set_lanes(conn: asyncpg.Connection, caps: Mapping[str, int]) -> None:
 # The plan is fixed by its shape, not by statistics (a young table has none): walk
 # sessions_ready in order and look each head up by its key (OFFSET 0 keeps the
 # lookup a nested loop), stopping at the limit; never hash every queued job.
+# $3: the reasons whose extra lane is full (a suspect waits, the heads behind it do not).
 _HEADS = f"""
-SELECT s.head, h.handler FROM sessions s
+SELECT s.head, h.handler, h.reason FROM sessions s
 CROSS JOIN LATERAL (
-    SELECT j.handler FROM jobs j
-    WHERE j.num = s.head AND j.state = 'queued' AND j.handler = ANY($2::text[]) OFFSET 0) h
+    SELECT j.handler, j.reason FROM jobs j
+    WHERE j.num = s.head AND j.state = 'queued' AND j.handler = ANY($2::text[])
+      AND NOT coalesce(j.reason, '') = ANY($3::text[]) OFFSET 0) h
 WHERE s.ready IS NOT NULL AND s.not_before <= {_NOW}
 ORDER BY s.ready LIMIT $1
 FOR UPDATE OF s SKIP LOCKED
@@ -229,19 +230,29 @@ FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) AS e(session, seq,
 """
 
 
-def _assign(
-    heads: Sequence[Any],
-    free: Mapping[str, list[int]],
+def _needs(
+    handler: str,
+    reason: str | None,
     handler_lanes: Mapping[str, Sequence[str]],
+    reason_lanes: Mapping[str, str],
+) -> tuple[str, ...]:
+    """The lanes a head needs: its handler's, and its reason's (a crash suspect's)."""
+    extra = reason_lanes.get(reason) if reason is not None else None
+    lanes = (*handler_lanes[handler], *([extra] if extra is not None else []))
+    return tuple(dict.fromkeys(lanes))
+
+
+def _assign(
+    heads: Sequence[tuple[int, tuple[str, ...]]],
+    free: Mapping[str, list[int]],
     capacity: int,
 ) -> dict[int, tuple[tuple[str, int], ...]]:
     """Oldest first: each job gets one slot of every lane it needs, or nothing."""
     left = {lane: list(slots) for lane, slots in free.items()}
     chosen: dict[int, tuple[tuple[str, int], ...]] = {}
-    for num, handler in heads:
+    for num, needs in heads:
         if len(chosen) >= capacity:
             break
-        needs = handler_lanes[handler]
         if all(left.get(lane) for lane in needs):
             chosen[num] = tuple((lane, left[lane].pop(0)) for lane in needs)
     return chosen
@@ -287,16 +298,19 @@ async def claim(
     batch: Batch,
     capacity: int,
     handler_lanes: Mapping[str, Sequence[str]],
+    reason_lanes: Mapping[str, str] | None = None,
 ) -> list[Claimed]:
     """Start up to ``capacity`` runnable jobs whose handler is in ``handler_lanes``.
 
     Runs inside the caller's transaction (the writer's batch); the ``job.started``
     events and slots commit with it. Oldest session head first, across sessions;
-    a lane's slots shared fairly among the nodes that want work (``_fair``).
+    a lane's slots shared fairly among the nodes that want work (``_fair``). A job
+    queued with a reason in ``reason_lanes`` also needs that lane (crash suspects
+    take the one slot of theirs, so two never run at once anywhere).
     """
     if capacity < 1:
         return []
-    started = await _claim(conn, batch, capacity, handler_lanes)
+    started = await _claim(conn, batch, capacity, handler_lanes, reason_lanes or {})
     wants = sorted({lane for lanes in handler_lanes.values() for lane in lanes})
     await conn.execute(_WANTS, batch.epoch, wants if len(started) < capacity else [])
     return started
@@ -307,6 +321,7 @@ async def _claim(
     batch: Batch,
     capacity: int,
     handler_lanes: Mapping[str, Sequence[str]],
+    reason_lanes: Mapping[str, str],
 ) -> list[Claimed]:
     lanes_now = await conn.fetch(_LANES, batch.epoch)
     free_now = {row[0]: _fair(row[1], row[2], row[3], row[4]) for row in lanes_now}
@@ -318,18 +333,19 @@ async def _claim(
     if not runnable:
         return []
     wanted_heads = _heads_wanted(capacity, runnable, free_now, handler_lanes)
-    rows = await conn.fetch(_HEADS, wanted_heads, runnable)
-    heads = [(row[0], row[1]) for row in rows]
+    waiting = sorted(r for r, lane in reason_lanes.items() if free_now.get(lane, 0) < 1)
+    rows = await conn.fetch(_HEADS, wanted_heads, runnable, waiting)
+    heads = [(row[0], _needs(row[1], row[2], handler_lanes, reason_lanes)) for row in rows]
     if not heads:
         return []
-    wanted = Counter(lane for _num, handler in heads for lane in set(handler_lanes[handler]))
+    wanted = Counter(lane for _num, needs in heads for lane in needs)
     free: dict[str, list[int]] = {}
     if wanted:
         lanes = sorted(wanted)
         counts = [min(wanted[lane], free_now.get(lane, 0)) for lane in lanes]
         for row in await conn.fetch(_FREE_SLOTS, lanes, counts):
             free.setdefault(row[0], []).append(row[1])
-    chosen = _assign(heads, free, handler_lanes, capacity)
+    chosen = _assign(heads, free, capacity)
     if not chosen:
         return []
     return await _start(conn, batch, chosen)
