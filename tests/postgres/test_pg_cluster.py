@@ -129,7 +129,7 @@ async def test_a_killed_node_back_within_its_lease_leaks_no_slot(
         assert time.time() - began < 15  # far inside the 30 s lease
     finally:
         await stop_all([node])
-    busy = await fetch(url, "SELECT count(*) FROM slots WHERE job_id IS NOT NULL")
+    busy = await fetch(url, "SELECT count(*) FROM slots WHERE lane = 'llm' AND job_id IS NOT NULL")
     attempts = Counter(r.session for r in runs([node.log], {node.log: node.kills}))
     assert attempts["a"] == 2  # resumed, not leaked
     assert attempts["b"] == 1  # the second suspect never ran beside the first

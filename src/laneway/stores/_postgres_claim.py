@@ -178,7 +178,10 @@ FOR UPDATE OF s SKIP LOCKED
 
 # Per lane: free slots, the cap, the slots this node's attempts hold, and how many
 # other live nodes want more of it than they got (see ``_fair``).
+# $2: the lanes of this node's handlers; it claims, so it has room: it wants them
+# (unchanged, the row is not written). One that fills up says so after (``_WANTS``).
 _LANES = f"""
+WITH w AS (UPDATE nodes SET wants = $2::text[] WHERE epoch = $1 AND wants <> $2::text[])
 SELECT s.lane, count(*) FILTER (WHERE s.job_id IS NULL), count(*),
     count(*) FILTER (WHERE s.job_id IS NOT NULL
                      AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = s.job_id AND j.epoch = $1)),
@@ -187,7 +190,7 @@ SELECT s.lane, count(*) FILTER (WHERE s.job_id IS NULL), count(*),
 FROM slots s GROUP BY s.lane
 """
 
-_WANTS = "UPDATE nodes SET wants = $2::text[] WHERE epoch = $1 AND wants <> $2::text[]"
+_WANTS = "UPDATE nodes SET wants = '{}' WHERE epoch = $1"
 
 _FREE_SLOTS = """
 SELECT w.lane, s.slot FROM unnest($1::text[], $2::int[]) AS w(lane, n)
@@ -311,8 +314,8 @@ async def claim(
     if capacity < 1:
         return []
     started = await _claim(conn, batch, capacity, handler_lanes, reason_lanes or {})
-    wants = sorted({lane for lanes in handler_lanes.values() for lane in lanes})
-    await conn.execute(_WANTS, batch.epoch, wants if len(started) < capacity else [])
+    if len(started) == capacity:  # full now: it wants nothing more
+        await conn.execute(_WANTS, batch.epoch)
     return started
 
 
@@ -323,7 +326,8 @@ async def _claim(
     handler_lanes: Mapping[str, Sequence[str]],
     reason_lanes: Mapping[str, str],
 ) -> list[Claimed]:
-    lanes_now = await conn.fetch(_LANES, batch.epoch)
+    wants = sorted({lane for lanes in handler_lanes.values() for lane in lanes})
+    lanes_now = await conn.fetch(_LANES, batch.epoch, wants)
     free_now = {row[0]: _fair(row[1], row[2], row[3], row[4]) for row in lanes_now}
     runnable = [
         handler
