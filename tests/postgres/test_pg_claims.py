@@ -280,3 +280,71 @@ async def test_a_long_turn_keeps_its_slot_while_its_node_heartbeats(
     assert await a.append_event("long", job, "delta", {}, attempt=c.attempt) is not None
     await done(a, c)
     assert [x.job.id for x in await b.claim(5, LANES)] == [waiting]
+
+
+async def test_a_node_freeing_slots_leaves_a_waiting_node_its_share(postgres_url: str) -> None:
+    """Finishes and the next claim share a batch, so a busy node would take back every
+    slot it freed; while another node wants the lane, it tops up to half of it."""
+    a, b = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    await a.open()
+    await b.open()
+    llm = {"llm": ["llm"]}
+    try:
+        await a.set_lanes({"llm": 4})
+        ids = [await add(a, f"f{i}") for i in range(12)]
+        first = await a.claim(8, llm)  # nobody else wants the lane yet: all four
+        assert [c.job.id for c in first] == ids[:4]
+        assert await b.claim(8, llm) == []  # the lane is full: b now wants it
+        finished = [done(a, c) for c in first]
+        again = a.claim(8, llm)  # in the batch with its finishes
+        await asyncio.gather(*finished)
+        assert [c.job.id for c in await again] == ids[4:6]
+        theirs = await b.claim(8, llm)
+        assert [c.job.id for c in theirs] == ids[6:8]  # oldest first still
+        await asyncio.gather(*(done(b, c) for c in theirs))
+        assert await a.claim(8, llm) == []  # a holds its share; b still wants the lane
+        # A node that is full (or gone) wants nothing: the other may take the whole lane.
+        await fetch(postgres_url, "UPDATE nodes SET wants = '{}' WHERE epoch = $1", b.epoch)
+        assert [c.job.id for c in await a.claim(8, llm)] == ids[8:10]
+    finally:
+        await a.close()
+        await b.close()
+
+
+SUSPECTS = {"lost": "laneway:suspects", "suspect": "laneway:suspects"}
+
+
+async def test_two_suspects_never_run_at_once_on_two_nodes_and_the_rest_passes_them(
+    postgres_url: str,
+) -> None:
+    """Crash suspects take the one slot of the suspects' lane in the database, so a
+    second suspect waits for the first on every node; heads behind it do not."""
+    a, b = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    await a.open()
+    await b.open()
+    llm = {"llm": ["llm"]}
+    try:
+        await a.set_lanes({"llm": 20, "laneway:suspects": 1})
+        suspects = [await add(a, f"p{i}") for i in range(20)]  # more than a claim locks
+        one, two = suspects[:2]
+        rest = [await add(a, f"q{i}") for i in range(3)]
+        for c in await a.claim(20, llm, SUSPECTS):  # in flight at a crash, given back
+            await a.retry(
+                c.job.id, c.attempt, error=None, reason="suspect", lost=False, delay=0.0,
+                counts_attempt=False,
+            )  # fmt: skip
+        await a.set_lanes({"llm": 8, "laneway:suspects": 1})
+        first = await a.claim(8, llm, SUSPECTS)  # the oldest head, the first suspect
+        assert ("laneway:suspects", 1) in first[0].slots
+        # The suspects' slot is taken: the other suspects wait, the heads behind them run.
+        first += await a.claim(8, llm, SUSPECTS)
+        assert [c.job.id for c in first] == [one, *rest]
+        late = await add(b, "q9")
+        assert [c.job.id for c in await b.claim(8, llm, SUSPECTS)] == [late]  # not held back
+        await done(a, first[0])
+        second = await b.claim(8, llm, SUSPECTS)
+        assert [c.job.id for c in second] == [two]  # its turn, on the other node
+        assert ("laneway:suspects", 1) in second[0].slots
+    finally:
+        await a.close()
+        await b.close()

@@ -34,6 +34,7 @@ from .._types import Event, JobInfo, JobState, Reason, RunningJob
 from ..stores._claiming import Claim, ClaimingStore, HintSource, Lost, Stops
 from ._attempt import Attempt, JobRecord
 from ._config import Config, HandlerSpec, ResolvedLimits
+from ._policy import SUSPECT_LANE, SUSPECT_MARKS
 
 __all__ = ["ClaimOwner", "ClaimedSlots"]
 
@@ -51,6 +52,9 @@ _OWN = 16
 #: ``max_queued`` (or after that much of this node's own since the last count).
 _NEAR_TOTAL = 8
 _RUNNING_MAX = 1000  # most turns of other nodes the snapshot lists
+# Local jobs of sessions that no hint named, looked up per tick, in turn: a backlog
+# of 20,000 queued jobs costs a tick one short read, not a scan of them all.
+_SWEEP = 500
 
 
 class ClaimOwner(Protocol):
@@ -90,7 +94,9 @@ class ClaimedSlots:
         self._owner: ClaimOwner | None = None
         self._handler_lanes: dict[str, tuple[str, ...]] = {}
         self._local: dict[str, JobRecord] = {}  # queued, as far as this node knows
-        self._per_session: Counter[str] = Counter()
+        self._per_session: dict[str, dict[str, JobRecord]] = {}  # the local jobs by session
+        self._hinted: set[str] | None = set()  # sessions with news since the last follow
+        self._sweep = 0
         self._elsewhere: dict[str, JobRecord] = {}  # running on another node
         self._starts: dict[str, Event] = {}  # won, job.started committed
         self._ready: deque[JobRecord] = deque()
@@ -116,7 +122,9 @@ class ClaimedSlots:
     async def start(self, owner: ClaimOwner, handlers: Mapping[str, HandlerSpec]) -> None:
         self._owner = owner
         self._handler_lanes = {name: spec.lanes for name, spec in handlers.items()}
-        await self.store.set_lanes(self.config.lanes, session_limit=self.config.session_limit)
+        # Crash suspects run alone cluster-wide: the lane's one slot is a database row too.
+        lanes = {**self.config.lanes, SUSPECT_LANE: 1}
+        await self.store.set_lanes(lanes, session_limit=self.config.session_limit)
         self._hints = await self.store.listen()
         self.store.on_lease_lost.append(self._lease_lost)
         await self._queued()
@@ -194,7 +202,7 @@ class ClaimedSlots:
         return self._pop_local(ticket.id) is not None
 
     def queued_in(self, session: str) -> int:
-        return self._per_session[session]
+        return len(self._per_session.get(session, ()))
 
     def active_in(self, session: str) -> int:
         return self._active[session]
@@ -208,7 +216,7 @@ class ClaimedSlots:
     def sessions(self) -> Iterator[tuple[str, int, int, JobRecord | None]]:
         heads = self._heads()
         for key in sorted(set(heads) | set(self._active)):
-            yield key, self._active[key], self._per_session[key], heads.get(key)
+            yield key, self._active[key], len(self._per_session.get(key, ())), heads.get(key)
 
     def shared_counts(self) -> Iterator[tuple[str, int, int, int]]:
         queued = Counter(lane for job in self._local.values() for lane in job.lanes)
@@ -368,7 +376,7 @@ class ClaimedSlots:
             if free <= 0:
                 continue
             claiming = self._claiming = asyncio.ensure_future(
-                self.store.claim(free, self._handler_lanes)
+                self.store.claim(free, self._handler_lanes, _SUSPECTS)
             )
             try:
                 # Shielded: a claim cut off by close() still commits; close() collects it.
@@ -418,6 +426,10 @@ class ClaimedSlots:
             if hints.all_sessions or hints.sessions:
                 assert self._owner is not None
                 self._owner.events_elsewhere(None if hints.all_sessions else hints.sessions)
+                if hints.all_sessions:
+                    self._hinted = None
+                elif self._hinted is not None:
+                    self._hinted.update(hints.sessions)
             tick = self._tick
             if loop.time() - last >= self.store.poll * 0.5 and (tick is None or tick.done()):
                 last = loop.time()
@@ -449,12 +461,30 @@ class ClaimedSlots:
                 att.cancel(Reason.STOPPED)
 
     async def _follow(self) -> None:
-        ids = list(self._elsewhere)[:_FOLLOW_MAX]
-        ids += list(self._local)[: _FOLLOW_MAX - len(ids)]
-        if not ids:
-            return
-        for info in await self.store.jobs_by_id(ids):
-            self._followed(info)
+        elsewhere = list(self._elsewhere)[:_FOLLOW_MAX]
+        if elsewhere:
+            for info in await self.store.jobs_by_id(elsewhere):
+                self._followed(info)
+        local = self._to_follow(_FOLLOW_MAX - len(elsewhere))
+        if local:  # most of a backlog is still queued: only what moved comes back
+            for info in await self.store.jobs_by_id(local, moved=True):
+                self._followed(info)
+
+    def _to_follow(self, most: int) -> list[str]:
+        """Local jobs of the sessions hints named (every one after a ``*``), then the
+        next turn of the sweep through the rest, which covers what a lost hint hid."""
+        hinted, self._hinted = self._hinted, set()
+        if hinted is None:
+            return list(self._local)[:most]
+        ids = [i for s in hinted for i in self._per_session.get(s, ())][:most]
+        keys = list(self._local)
+        if len(keys) > _SWEEP:
+            start = self._sweep % len(keys)
+            self._sweep = start + _SWEEP
+            keys = (keys[start:] + keys[:start])[:_SWEEP]
+        chosen = set(ids)
+        ids += [i for i in keys if i not in chosen][: max(0, most - len(ids))]
+        return ids
 
     def _followed(self, info: JobInfo) -> None:
         owner = self._owner
@@ -503,17 +533,20 @@ class ClaimedSlots:
     def _add_local(self, job: JobRecord) -> None:
         if job.id not in self._local:
             self._local[job.id] = job
-            self._per_session[job.session] += 1
+            self._per_session.setdefault(job.session, {})[job.id] = job
 
     def _pop_local(self, job_id: str) -> JobRecord | None:
         job = self._local.pop(job_id, None)
         if job is not None:
-            left = self._per_session[job.session] - 1
-            if left > 0:
-                self._per_session[job.session] = left
-            else:
+            mine = self._per_session[job.session]
+            del mine[job_id]
+            if not mine:
                 del self._per_session[job.session]
         return job
+
+
+#: A job queued with a suspect's reason also needs the suspects' lane.
+_SUSPECTS = dict.fromkeys(sorted(SUSPECT_MARKS), SUSPECT_LANE)
 
 
 def _order(job: JobRecord) -> tuple[int, int]:

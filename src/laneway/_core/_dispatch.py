@@ -40,7 +40,7 @@ from ._config import Config, HandlerSpec
 from ._context import TurnContext
 from ._events import EventBus
 from ._json import check_result, fallback_reason
-from ._policy import SUCCEED, SUSPECT_MARKS, Ended, Happened, Verdict, blame, decide
+from ._policy import SUCCEED, SUSPECT_LANE, SUSPECT_MARKS, Ended, Happened, Verdict, blame, decide
 from ._reaper import Reaper
 from ._runner import AttemptHook, Runner, around_attempt
 from ._slots import SlotSource, local_slots
@@ -700,8 +700,6 @@ class Dispatcher:
 
 
 _PLAIN = (str, bool, type(None))
-#: The hidden shared lane of cap 1 that crash suspects also need (not a user lane name).
-SUSPECT_LANE = "laneway:suspects"
 
 
 def _suspect(job: JobRecord, suspect: bool) -> None:

@@ -27,6 +27,7 @@ from .._types import JobState, Reason, Retry
 __all__ = [
     "ELSEWHERE",
     "SUCCEED",
+    "SUSPECT_LANE",
     "SUSPECT_MARKS",
     "Ended",
     "Happened",
@@ -100,6 +101,8 @@ _SHUTDOWN_FAILED = Verdict(
 _STOPPED = Verdict(JobState.CANCELLED, Reason.STOPPED)
 #: The reasons a non-terminal job carries while it is a crash suspect (see ``blame``).
 SUSPECT_MARKS = frozenset({Reason.LOST.value, Reason.SUSPECT.value})
+#: The hidden shared lane of cap 1 that crash suspects also need (not a user lane name).
+SUSPECT_LANE = "laneway:suspects"
 #: The node lost its lease: another node owns the attempt now and decides it.
 ELSEWHERE = Verdict(JobState.RUNNING, Reason.LOST, "the node lost its lease")
 

@@ -78,14 +78,20 @@ class ClaimingStore(Protocol):
     async def set_lanes(self, caps: Mapping[str, int], *, session_limit: int = 1) -> None: ...
 
     def claim(
-        self, capacity: int, handler_lanes: Mapping[str, Sequence[str]]
-    ) -> Awaitable[Sequence[Claim]]: ...
+        self,
+        capacity: int,
+        handler_lanes: Mapping[str, Sequence[str]],
+        reason_lanes: Mapping[str, str] | None = None,
+    ) -> Awaitable[Sequence[Claim]]:
+        """Start up to ``capacity`` jobs; a job queued with a reason in ``reason_lanes``
+        also needs a slot of that lane (crash suspects: the suspects' lane)."""
 
     async def reap(self) -> Sequence[Lost]: ...
 
     async def listen(self) -> HintSource: ...
 
-    async def jobs_by_id(self, ids: Sequence[str]) -> list[JobInfo]: ...
+    async def jobs_by_id(self, ids: Sequence[str], *, moved: bool = False) -> list[JobInfo]:
+        """The jobs with these ids; with ``moved``, only those no longer queued."""
 
     def stop_jobs(
         self, session: str | None, job_id: str | None, *, drop_queued: bool

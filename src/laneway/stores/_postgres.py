@@ -207,10 +207,15 @@ class PostgresStore(Store):
         await claims.set_lanes(await self._keeper_conn(), caps)
 
     def claim(
-        self, capacity: int, handler_lanes: Mapping[str, Sequence[str]]
+        self,
+        capacity: int,
+        handler_lanes: Mapping[str, Sequence[str]],
+        reason_lanes: Mapping[str, str] | None = None,
     ) -> asyncio.Future[list[Claimed]]:
-        """Start up to ``capacity`` runnable jobs of these handlers, in the next batch."""
-        return self._write(claims.claim, (capacity, dict(handler_lanes)))
+        """Start up to ``capacity`` runnable jobs of these handlers, in the next batch;
+        a job queued with a reason in ``reason_lanes`` also takes a slot of that lane."""
+        args = (capacity, dict(handler_lanes), dict(reason_lanes or {}))
+        return self._write(claims.claim, args)
 
     async def listen(self) -> Listener:
         """A started ``Listener`` for this store's wake-ups (closed with the store)."""
@@ -238,13 +243,13 @@ class PostgresStore(Store):
     def capacity(self) -> int:
         return self.settings.capacity
 
-    async def jobs_by_id(self, ids: Sequence[str]) -> list[JobInfo]:
-        """The jobs with these ids, as committed (one query)."""
-        rows = await self._read(
-            lambda conn: conn.fetch(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1::text[])", list(ids)
-            )
-        )
+    async def jobs_by_id(self, ids: Sequence[str], *, moved: bool = False) -> list[JobInfo]:
+        """The jobs with these ids, as committed (one query); with ``moved`` only those
+        no longer queued, so following a long queue reads (and decodes) what changed."""
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1::text[])"
+        if moved:
+            sql += " AND state <> 'queued'"
+        rows = await self._read(lambda conn: conn.fetch(sql, list(ids)))
         return [job_info(row) for row in rows]
 
     def stop_jobs(

@@ -27,7 +27,6 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 
@@ -161,16 +160,50 @@ async def set_lanes(conn: asyncpg.Connection, caps: Mapping[str, int]) -> None:
 
 
 # Only heads whose every lane has a free slot are worth locking: a thousand heads
-# waiting on a full lane must not hide a younger head that could run now. Across
-# sessions the higher priority head goes first, then the older (as in one process).
+# waiting on a full lane must not hide a younger head that could run now.
+# The plan is fixed by its shape, not by statistics (a young table has none): walk
+# sessions_ready in order and look each head up by its key (OFFSET 0 keeps the
+# lookup a nested loop), stopping at the limit; never hash every queued job.
+# Heads with a priority come first (as in one process), found through the partial
+# index jobs_prioritized, which is empty while nobody uses priorities.
+# $3: the reasons whose extra lane is full (a suspect waits, the heads behind it do not).
 _HEADS = f"""
-SELECT j.num, j.handler FROM sessions s JOIN jobs j ON j.num = s.head AND j.state = 'queued'
-WHERE s.ready IS NOT NULL AND s.not_before <= {_NOW} AND j.handler = ANY($2::text[])
-ORDER BY j.priority DESC, s.ready LIMIT $1
-FOR UPDATE OF s SKIP LOCKED
+WITH p AS (
+    SELECT s.head, j.handler, j.reason, j.priority, s.ready FROM jobs j
+    JOIN sessions s ON s.session = j.session AND s.head = j.num
+    WHERE j.state = 'queued' AND j.priority <> 0 AND j.handler = ANY($2::text[])
+      AND NOT coalesce(j.reason, '') = ANY($3::text[])
+      AND s.ready IS NOT NULL AND s.not_before <= {_NOW}
+    ORDER BY j.priority DESC, s.ready LIMIT $1
+    FOR UPDATE OF s SKIP LOCKED
+), r AS (
+    SELECT s.head, h.handler, h.reason, h.priority, s.ready FROM sessions s
+    CROSS JOIN LATERAL (
+        SELECT j.handler, j.reason, j.priority FROM jobs j
+        WHERE j.num = s.head AND j.state = 'queued' AND j.handler = ANY($2::text[])
+          AND NOT coalesce(j.reason, '') = ANY($3::text[]) OFFSET 0) h
+    WHERE s.ready IS NOT NULL AND s.not_before <= {_NOW}
+    ORDER BY s.ready LIMIT $1
+    FOR UPDATE OF s SKIP LOCKED
+)
+SELECT * FROM p UNION ALL SELECT * FROM r
 """
 
-_FREE_COUNTS = "SELECT lane, count(*) FROM slots WHERE job_id IS NULL GROUP BY lane"
+# Per lane: free slots, the cap, the slots this node's attempts hold, and how many
+# other live nodes want more of it than they got (see ``_fair``).
+# $2: the lanes of this node's handlers; it claims, so it has room: it wants them
+# (unchanged, the row is not written). One that fills up says so after (``_WANTS``).
+_LANES = f"""
+WITH w AS (UPDATE nodes SET wants = $2::text[] WHERE epoch = $1 AND wants <> $2::text[])
+SELECT s.lane, count(*) FILTER (WHERE s.job_id IS NULL), count(*),
+    count(*) FILTER (WHERE s.job_id IS NOT NULL
+                     AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = s.job_id AND j.epoch = $1)),
+    (SELECT count(*) FROM nodes n
+     WHERE n.epoch <> $1 AND s.lane = ANY(n.wants) AND n.expires_at > {_NOW})
+FROM slots s GROUP BY s.lane
+"""
+
+_WANTS = "UPDATE nodes SET wants = '{}' WHERE epoch = $1"
 
 _FREE_SLOTS = """
 SELECT w.lane, s.slot FROM unnest($1::text[], $2::int[]) AS w(lane, n)
@@ -184,10 +217,13 @@ UPDATE slots SET job_id = v.job FROM unnest($1::text[], $2::int[], $3::text[]) A
 WHERE slots.lane = v.lane AND slots.slot = v.slot
 """
 
+# The state test is a CASE so that it is a guard on the rows found by key, never a
+# way in: as a plain qual, a planner without statistics scans every queued job
+# (jobs_queued) for the 64 it wants. The same holds for the writes' lookups by id.
 _START = f"""
 UPDATE jobs SET state = 'running', attempts = attempts + 1, output = false, epoch = $2,
     updated_at = $3, stop_requested = false
-WHERE num = ANY($1::bigint[]) AND state = 'queued'
+WHERE num = ANY($1::bigint[]) AND CASE WHEN state = 'queued' THEN true END
   AND EXISTS (SELECT 1 FROM nodes WHERE epoch = $2)  -- a node whose lease is gone claims nothing
 RETURNING {JOB_COLUMNS}, num
 """
@@ -210,22 +246,67 @@ FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) AS e(session, seq,
 """
 
 
-def _assign(
-    heads: Sequence[Any],
-    free: Mapping[str, list[int]],
+def _needs(
+    handler: str,
+    reason: str | None,
     handler_lanes: Mapping[str, Sequence[str]],
+    reason_lanes: Mapping[str, str],
+) -> tuple[str, ...]:
+    """The lanes a head needs: its handler's, and its reason's (a crash suspect's)."""
+    extra = reason_lanes.get(reason) if reason is not None else None
+    lanes = (*handler_lanes[handler], *([extra] if extra is not None else []))
+    return tuple(dict.fromkeys(lanes))
+
+
+def _assign(
+    heads: Sequence[tuple[int, tuple[str, ...]]],
+    free: Mapping[str, list[int]],
     capacity: int,
 ) -> dict[int, tuple[tuple[str, int], ...]]:
     """Oldest first: each job gets one slot of every lane it needs, or nothing."""
     left = {lane: list(slots) for lane, slots in free.items()}
     chosen: dict[int, tuple[tuple[str, int], ...]] = {}
-    for num, handler in heads:
+    for num, needs in heads:
         if len(chosen) >= capacity:
             break
-        needs = handler_lanes[handler]
         if all(left.get(lane) for lane in needs):
             chosen[num] = tuple((lane, left[lane].pop(0)) for lane in needs)
     return chosen
+
+
+_SLACK = 8  # heads locked beyond the free slots, for heads whose other lanes are full
+
+
+def _heads_wanted(
+    capacity: int,
+    runnable: Sequence[str],
+    free_now: Mapping[str, int],
+    handler_lanes: Mapping[str, Sequence[str]],
+) -> int:
+    """How many heads to lock: no more than the free slots could start.
+
+    A locked head stays locked until the batch commits, and another node's writes
+    to that session wait for it, so locking heads that cannot run costs the cluster.
+    """
+    bound = 0
+    for handler in runnable:
+        lanes = handler_lanes[handler]
+        bound += min((free_now[lane] for lane in lanes), default=capacity)
+    return min(capacity, bound) + _SLACK
+
+
+def _fair(free: int, cap: int, mine: int, others: int) -> int:
+    """The slots of a lane this claim may take.
+
+    A node claims in the batch that holds its finishes, so it would take back every
+    slot it just freed and another node with room could starve. While ``others``
+    live nodes want this lane too, a node tops up to ``ceil(cap / wanting nodes)``
+    and leaves the rest to them (this batch's NOTIFY wakes them).
+    """
+    if others == 0:
+        return free
+    share = -(-cap // (others + 1))
+    return max(0, min(free, share - mine))
 
 
 async def claim(
@@ -233,15 +314,34 @@ async def claim(
     batch: Batch,
     capacity: int,
     handler_lanes: Mapping[str, Sequence[str]],
+    reason_lanes: Mapping[str, str] | None = None,
 ) -> list[Claimed]:
     """Start up to ``capacity`` runnable jobs whose handler is in ``handler_lanes``.
 
     Runs inside the caller's transaction (the writer's batch); the ``job.started``
-    events and slots commit with it. Oldest session head first, across sessions.
+    events and slots commit with it. Oldest session head first, across sessions;
+    a lane's slots shared fairly among the nodes that want work (``_fair``). A job
+    queued with a reason in ``reason_lanes`` also needs that lane (crash suspects
+    take the one slot of theirs, so two never run at once anywhere).
     """
     if capacity < 1:
         return []
-    free_now = {row[0]: row[1] for row in await conn.fetch(_FREE_COUNTS)}
+    started = await _claim(conn, batch, capacity, handler_lanes, reason_lanes or {})
+    if len(started) == capacity:  # full now: it wants nothing more
+        await conn.execute(_WANTS, batch.epoch)
+    return started
+
+
+async def _claim(
+    conn: asyncpg.Connection,
+    batch: Batch,
+    capacity: int,
+    handler_lanes: Mapping[str, Sequence[str]],
+    reason_lanes: Mapping[str, str],
+) -> list[Claimed]:
+    wants = sorted({lane for lanes in handler_lanes.values() for lane in lanes})
+    lanes_now = await conn.fetch(_LANES, batch.epoch, wants)
+    free_now = {row[0]: _fair(row[1], row[2], row[3], row[4]) for row in lanes_now}
     runnable = [
         handler
         for handler, lanes in handler_lanes.items()
@@ -249,17 +349,22 @@ async def claim(
     ]
     if not runnable:
         return []
-    rows = await conn.fetch(_HEADS, capacity * 2 + 16, runnable)
-    heads = [(row[0], row[1]) for row in rows]
+    wanted_heads = _heads_wanted(capacity, runnable, free_now, handler_lanes)
+    waiting = sorted(r for r, lane in reason_lanes.items() if free_now.get(lane, 0) < 1)
+    rows = await conn.fetch(_HEADS, wanted_heads, runnable, waiting)
+    found = {row[0]: row for row in rows}  # a head with a priority comes in both parts
+    ordered = sorted(found.values(), key=lambda row: (-row[3], row[4]))[:wanted_heads]
+    heads = [(row[0], _needs(row[1], row[2], handler_lanes, reason_lanes)) for row in ordered]
     if not heads:
         return []
-    wanted = Counter(lane for _num, handler in heads for lane in set(handler_lanes[handler]))
+    wanted = Counter(lane for _num, needs in heads for lane in needs)
     free: dict[str, list[int]] = {}
     if wanted:
         lanes = sorted(wanted)
-        for row in await conn.fetch(_FREE_SLOTS, lanes, [wanted[lane] for lane in lanes]):
+        counts = [min(wanted[lane], free_now.get(lane, 0)) for lane in lanes]
+        for row in await conn.fetch(_FREE_SLOTS, lanes, counts):
             free.setdefault(row[0], []).append(row[1])
-    chosen = _assign(heads, free, handler_lanes, capacity)
+    chosen = _assign(heads, free, capacity)
     if not chosen:
         return []
     return await _start(conn, batch, chosen)

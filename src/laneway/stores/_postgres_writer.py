@@ -46,9 +46,12 @@ _LOST = (
 )
 _CONFLICT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
+# ON CONFLICT DO UPDATE locks every conflicting row, also those its WHERE leaves
+# unchanged; skipping the no-op update spares a dead row version per session per batch.
 _LOCK = (
     "INSERT INTO sessions (session, lim) SELECT s, $2 FROM unnest($1::text[]) AS s ORDER BY s"
     " ON CONFLICT (session) DO UPDATE SET lim = excluded.lim"
+    " WHERE sessions.lim IS DISTINCT FROM excluded.lim"
 )
 
 OpFn = Callable[..., Awaitable[Any]]

@@ -35,6 +35,7 @@ CREATE INDEX jobs_session ON jobs (session, num);
 CREATE INDEX jobs_queued ON jobs (session, num) WHERE state = 'queued';
 CREATE INDEX jobs_running ON jobs (epoch) WHERE state = 'running';
 CREATE INDEX jobs_state ON jobs (state, num);
+CREATE INDEX jobs_prioritized ON jobs (priority DESC, num) WHERE state = 'queued' AND priority <> 0;
 CREATE INDEX jobs_namespace ON jobs ((substr(session, 1, strpos(session, '/'))), num);
 CREATE INDEX jobs_namespace_state ON jobs ((substr(session, 1, strpos(session, '/'))), state, num);
 
@@ -74,5 +75,6 @@ CREATE TABLE nodes (
     host text NOT NULL,
     pid integer NOT NULL,
     started_at double precision NOT NULL,
-    expires_at double precision NOT NULL
+    expires_at double precision NOT NULL,
+    wants text[] NOT NULL DEFAULT '{}'::text[]
 );
