@@ -348,3 +348,23 @@ async def test_two_suspects_never_run_at_once_on_two_nodes_and_the_rest_passes_t
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_prioritized_head_beyond_the_claim_window_goes_first(
+    nodes: tuple[PostgresStore, PostgresStore], postgres_url: str
+) -> None:
+    a, _b = nodes
+    # 40 older heads without priority: more than a claim of one free slot looks at.
+    for i in range(40):
+        await add(a, f"plain{i}")
+    urgent, _ = await a.add_job(
+        job_id="urgent", session="vip", handler="llm", payload=None, priority=5,
+        idempotency_key=None,
+    )  # fmt: skip
+    conn = await connect(postgres_url)
+    try:
+        async with conn.transaction():
+            got = await claim(conn, Batch(a.epoch), 1, LANES)
+    finally:
+        await conn.close()
+    assert [c.job.id for c in got] == [urgent.id]
