@@ -197,7 +197,7 @@ class ClaimedSlots:
         self._kick.set()  # the next claim rides in the batch after this finish
 
     def remove(self, ticket: JobRecord) -> bool:
-        if ticket.session in self._held and self._heads().get(ticket.session) is ticket:
+        if ticket.session in self._held and self._head(ticket.session) is ticket:
             self._held.discard(ticket.session)  # a held retry stopped: its backoff is moot
         return self._pop_local(ticket.id) is not None
 
@@ -231,7 +231,7 @@ class ClaimedSlots:
 
     def blocking_lane(self, ticket: JobRecord) -> str | None:
         session = ticket.session
-        head = self._heads().get(session)
+        head = self._head(session)
         if head is not ticket or not self._has_room(session, self.config.session_limit):
             return f"session:{session}"
         for lane in ticket.lanes:
@@ -245,11 +245,13 @@ class ClaimedSlots:
         return min(cap, self._lane_active[lane] + self._elsewhere_busy[lane])
 
     def _heads(self) -> dict[str, JobRecord]:
-        heads: dict[str, JobRecord] = {}
-        for job in self._local.values():
-            if job.session not in heads or _order(job) < _order(heads[job.session]):
-                heads[job.session] = job
-        return heads
+        return {key: min(jobs.values(), key=_order) for key, jobs in self._per_session.items()}
+
+    def _head(self, session: str) -> JobRecord | None:
+        # One session's jobs only: the monitor asks this of up to 256 queued jobs a scan,
+        # and a backlog holds tens of thousands of local jobs.
+        jobs = self._per_session.get(session)
+        return min(jobs.values(), key=_order) if jobs else None
 
     def _has_room(self, session: str, limit: int) -> bool:
         return self._active[session] < limit and session not in self._held
